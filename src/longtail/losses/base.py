@@ -1,0 +1,62 @@
+"""The loss interface every long-tailed loss implements, and the loss registry."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+LOSSES = Registry("loss")
+
+
+def counts_tensor(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Class counts as a float64-safe float32 tensor (validated: all positive)."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float32).flatten()
+    if counts.numel() == 0 or bool((counts <= 0).any()):
+        raise ValueError(
+            f"class_counts must be positive for every class, got {counts.tolist()[:20]}; "
+            "drop empty classes or pass the training-split counts"
+        )
+    return counts
+
+
+class Loss(nn.Module):
+    """Base class: a loss on logits ``[B, C]`` and integer targets ``[B]``.
+
+    Subclasses implement :meth:`per_sample`; :meth:`forward` is the mean over the batch of
+    ``sample_weight * per_sample`` (mixing schemes pass per-sample weights).
+    Anything that changes with the epoch lives in buffers updated in place by
+    :meth:`on_epoch_start`, so the step stays capturable in a CUDA graph.
+    """
+
+    uses_features: bool = False
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        losses = self.per_sample(logits, targets)
+        if sample_weight is not None:
+            losses = losses * sample_weight
+        return losses.mean()
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        """Hook called before each epoch (0-based). Default: nothing changes."""
+
+    def on_epoch_end(self) -> None:
+        """Hook called after each epoch. Default: nothing changes."""
+
+
+def build_loss(name: str, class_counts: Sequence[int] | None = None, **options: Any) -> Loss:
+    """Build a registered loss; ``class_counts`` goes to constructors that take it."""
+    factory = LOSSES.get(name)
+    if "class_counts" in inspect.signature(factory).parameters:
+        if class_counts is None:
+            raise ValueError(f"loss {name!r} needs the training class counts (class_counts=...)")
+        options["class_counts"] = class_counts
+    return factory(**options)
