@@ -1,0 +1,273 @@
+"""``longtail bench reproduce SPEC``: a method × imbalance factor × seed matrix beside the papers.
+
+A spec (YAML) names the dataset, one data setting per imbalance factor (a prepared file travels
+to a GPU machine with the code), the seeds, and the methods (each a config file)::
+
+    name: cifar10_lt_baselines
+    dataset: cifar10-lt
+    data: {100: {prepared: .prepared/cifar10_lt_if100.ltd}}
+    seeds: [0, 1, 2]
+    methods: {ce: configs/cifar10_lt/ce.yaml, crt: configs/cifar10_lt/crt.yaml}
+
+Every run lands in ``<runs>/<spec name>/if<IF>/<method>/seed<S>``; finished runs are skipped
+and interrupted ones resume, so a matrix can be stopped and restarted, or run in parts with
+``--filter`` (each part finishes whole cells). Decoupled methods whose stage 1 is identical
+(same data, model, stage-1 settings and seed) share one stage-1 run. Results of every part
+merge into ``benchmarks/results/<name>.json`` and ``.md``, with the papers' figures from
+``benchmarks/paper_numbers.yaml`` beside ours, labelled with paper, table and row.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..config import RunConfig, load_config, to_dict
+from ..engine.runner import environment, git_commit, run_config, run_dir_of
+from ..engine.device import Runtime
+from ..errors import ConfigError
+from ..eval.report import write_json
+
+RESULTS_DIR = Path("benchmarks/results")
+PAPER_NUMBERS = Path("benchmarks/paper_numbers.yaml")
+
+
+@dataclass
+class Job:
+    """One run of the matrix (a method at one imbalance factor and seed)."""
+
+    method: str
+    imbalance_factor: float
+    seed: int
+    config: RunConfig
+    shared_stage1: "Job | None" = None
+    result: dict[str, Any] | None = field(default=None, repr=False)
+
+
+def _stage1_key(config: RunConfig) -> str:
+    first = to_dict(config.stages[0])
+    first.pop("name")
+    blob = json.dumps([to_dict(config.data), to_dict(config.model), first, config.seed], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    spec = yaml.safe_load(path.read_text())
+    missing = {"name", "dataset", "data", "seeds", "methods"} - set(spec)
+    if missing:
+        raise ConfigError(f"reproduce spec {path} lacks {sorted(missing)}")
+    return spec
+
+
+def plan_jobs(spec: dict[str, Any], spec_dir: Path, runs_dir: Path, methods=None, factors=None, seeds=None) -> list[Job]:
+    """All jobs of the (filtered) matrix, with shared stage-1 runs attached."""
+    jobs, providers = [], {}
+    for factor, data in spec["data"].items():
+        factor = float(factor)
+        if factors and factor not in factors:
+            continue
+        for method, config_path in spec["methods"].items():
+            if methods and method not in methods:
+                continue
+            for seed in spec["seeds"]:
+                if seeds is not None and seed not in seeds:
+                    continue
+                overrides = [f"data.{k}={v}" for k, v in data.items()] + [
+                    f"seed={seed}", f"name={method}", f"output_dir={runs_dir / spec['name'] / f'if{factor:g}'}",
+                    "engine.progress=false",
+                ] + list(spec.get("overrides", []))
+                config = load_config(spec_dir / config_path, overrides)
+                jobs.append(Job(method, factor, seed, config))
+    for job in jobs:  # single-stage runs provide their stage 1 to decoupled methods
+        if len(job.config.stages) == 1:
+            providers.setdefault(_stage1_key(job.config), job)
+    for job in jobs:
+        if len(job.config.stages) > 1 and not job.config.stages[0].options.get("init_from"):
+            key = _stage1_key(job.config)
+            if key not in providers:
+                provider_config = load_config(mapping=to_dict(job.config))
+                provider_config.stages = provider_config.stages[:1]
+                provider_config.name = f"stage1_{key}"
+                providers[key] = Job(f"stage1_{key}", job.imbalance_factor, job.seed, provider_config)
+            job.shared_stage1 = providers[key]
+    extra = [p for p in providers.values() if p not in jobs and any(j.shared_stage1 is p for j in jobs)]
+    return extra + jobs
+
+
+def _run(job: Job, command: str) -> dict[str, Any]:
+    if job.shared_stage1 is not None:
+        stage1 = run_dir_of(job.shared_stage1.config) / f"stage0_{job.shared_stage1.config.stages[0].name}.pt"
+        job.config.stages[0].options["init_from"] = str(stage1)
+    stream = torch.cuda.Stream() if torch.cuda.is_available() else None
+    if stream is None:
+        return run_config(job.config, command=command)
+    with torch.cuda.stream(stream):
+        return run_config(job.config, command=command)
+
+
+def execute(jobs: list[Job], concurrent: int, command: str) -> None:
+    """Run providers first, then the rest; up to ``concurrent`` runs at once (one CUDA stream each)."""
+    first = [j for j in jobs if any(k.shared_stage1 is j for k in jobs)]
+    rest = [j for j in jobs if j not in first]
+    lock = threading.Lock()
+    for phase in (first, rest):
+        with ThreadPoolExecutor(max_workers=max(1, concurrent)) as pool:
+            futures = {pool.submit(_run, job, command): job for job in phase}
+            for future, job in futures.items():
+                job.result = future.result()
+                with lock:
+                    top1 = job.result["test"]["top1"]
+                    print(f"  done {job.method} IF {job.imbalance_factor:g} seed {job.seed}: top-1 {top1:.2f} "
+                          f"({job.result['seconds']:.0f} s)", flush=True)
+
+
+def _paper_figures(dataset: str, factor: float, method: str) -> list[dict[str, Any]]:
+    if not PAPER_NUMBERS.is_file():
+        return []
+    out = []
+    for table in yaml.safe_load(PAPER_NUMBERS.read_text()):
+        if table["dataset"] != dataset or method not in table["rows"]:
+            continue
+        factors = [float(f) for f in table["imbalance_factors"]]
+        if factor in factors:
+            value = table["rows"][method]["top1"][factors.index(factor)]
+            if value is not None:
+                out.append({"value": value, **table["source"], "row": table["rows"][method]["row"]})
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(spec: dict[str, Any], jobs: list[Job], command: str) -> list[dict[str, Any]]:
+    """One JSON cell per (imbalance factor, method) over its seeds."""
+    cells: dict[tuple[float, str], list[Job]] = {}
+    for job in jobs:
+        if job.method.startswith("stage1_"):
+            continue
+        cells.setdefault((job.imbalance_factor, job.method), []).append(job)
+    out = []
+    for (factor, method), group in sorted(cells.items()):
+        group.sort(key=lambda j: j.seed)
+        tests = [j.result["test"] for j in group]
+        top1 = [t["top1"] for t in tests]
+        cell = {
+            "dataset": spec["dataset"],
+            "imbalance_factor": factor,
+            "method": method,
+            "seeds": [j.seed for j in group],
+            "top1": top1,
+            "top1_mean": _mean_std(top1)[0],
+            "top1_std": _mean_std(top1)[1],
+        }
+        for group_name in ("many", "medium", "few"):
+            mean, std = _mean_std([t[group_name] for t in tests])
+            cell[group_name], cell[f"{group_name}_std"] = mean, std
+        env = group[0].result["env"]
+        cell.update(
+            device=env["runtime"].get("gpu", env["runtime"]["device"]),
+            commit=env["commit"],
+            command=command,
+            seconds=sum(j.result["seconds"] for j in group),
+            seconds_per_seed=[j.result["seconds"] for j in group],
+            stage1_shared_from=group[0].shared_stage1.config.name if group[0].shared_stage1 else None,
+            run_dirs=[str(run_dir_of(j.config)) for j in group],
+            paper=_paper_figures(spec["dataset"], factor, method),
+        )
+        out.append(cell)
+    return out
+
+
+def merge_results(path: Path, name: str, cells: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge new cells into the results file (a cell is replaced by a newer run of the same cell)."""
+    record = json.loads(path.read_text()) if path.is_file() else {"name": name, "cells": [], "parts": []}
+    key = lambda c: (c["dataset"], c["imbalance_factor"], c["method"])  # noqa: E731
+    merged = {key(c): c for c in record["cells"]}
+    merged.update({key(c): c for c in cells})
+    record["cells"] = sorted(merged.values(), key=lambda c: (c["imbalance_factor"], c["method"]))
+    record["parts"].append(extra)
+    return record
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The table: ours (mean ± std over seeds) beside the papers' figures."""
+    fmt = lambda m, s: "—" if m is None else f"{m:.2f} ± {s:.2f}"  # noqa: E731
+    lines = [
+        f"# {record['name']}",
+        "",
+        "Ours: mean ± sample std over the seeds listed, top-1 % on the balanced test set, model after the last epoch.",
+        "Paper: the figure the named seed paper reports for the same setting (the paper's number, not ours).",
+        "",
+        "| IF | method | seeds | ours top-1 | many | medium | few | paper top-1 (source) | GPU s (all seeds) | device | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in record["cells"]:
+        paper = "; ".join(f"{p['value']:.2f} ({p['paper']} {p['table']}, row '{p['row']}')" for p in c["paper"]) or "—"
+        lines.append(
+            f"| {c['imbalance_factor']:g} | {c['method']} | {len(c['seeds'])} | {fmt(c['top1_mean'], c['top1_std'])} | "
+            f"{fmt(c['many'], c['many_std'])} | {fmt(c['medium'], c['medium_std'])} | {fmt(c['few'], c['few_std'])} | "
+            f"{paper} | {c['seconds']:.0f} | {c['device']} | {c['commit'][:10]} |"
+        )
+    for part in record["parts"]:
+        lines.append("")
+        lines.append(f"Part: `{part['command']}` on {part['device']}, {part['wall_seconds']:.0f} s wall, {part['started']}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="longtail bench reproduce", description=__doc__.split("\n")[0])
+    parser.add_argument("spec", help="the matrix spec (YAML)")
+    parser.add_argument("--methods", nargs="*", help="only these methods")
+    parser.add_argument("--imbalance-factors", nargs="*", type=float, help="only these imbalance factors")
+    parser.add_argument("--seeds", nargs="*", type=int, help="only these seeds")
+    parser.add_argument("--concurrent", type=int, default=1, help="runs trained at once, each on its own CUDA stream")
+    parser.add_argument("--runs", default="runs/bench", help="folder of the run folders")
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="folder of the results JSON/Markdown")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    args = parser.parse_args(argv)
+    spec_path = Path(args.spec)
+    spec = load_spec(spec_path)
+    command = "longtail bench reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
+    jobs = plan_jobs(spec, spec_path.parent, Path(args.runs), args.methods, args.imbalance_factors, args.seeds)
+    print(f"{len(jobs)} runs ({sum(1 for j in jobs if j.method.startswith('stage1_'))} shared stage-1 runs)")
+    for job in jobs:
+        shared = f" (stage 1 from {job.shared_stage1.config.name})" if job.shared_stage1 else ""
+        print(f"  {job.method} IF {job.imbalance_factor:g} seed {job.seed}{shared}")
+    if args.dry_run:
+        return 0
+    started, start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
+    execute(jobs, args.concurrent, command)
+    wall = time.perf_counter() - start
+    runtime = Runtime.resolve(jobs[0].config.engine)
+    part = {
+        "command": command,
+        "device": runtime.describe().get("gpu", str(runtime.device)),
+        "commit": git_commit(),
+        "wall_seconds": wall,
+        "started": started,
+        "concurrent": args.concurrent,
+        "env": environment(runtime, command),
+    }
+    results_dir = Path(args.results)
+    path = results_dir / f"{spec['name']}.json"
+    record = merge_results(path, spec["name"], aggregate(spec, jobs, command), part)
+    write_json(path, record)
+    (results_dir / f"{spec['name']}.md").write_text(markdown(record))
+    print(markdown(record))
+    print(f"matrix part took {wall:.0f} s; wrote {path}")
+    return 0

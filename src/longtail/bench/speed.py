@@ -1,0 +1,160 @@
+"""``longtail bench speed``: the conventional loop and the fast path, side by side, one process.
+
+Measures, on the same data, model and recipe (CE, ResNet-32, bs 128, 200-epoch schedule):
+
+1. the conventional loop (:mod:`longtail.bench.conventional`) for ``--conventional-epochs``
+   epochs; its 200-epoch time is extrapolated from the mean of the measured epochs after the
+   first, and labelled as such;
+2. our eager fp32 path (device-resident data, no CUDA graph, no bf16, no channels_last) for
+   ``--eager-epochs`` epochs, extrapolated the same way;
+3. our fast path (CUDA graph, bf16, channels_last, fused SGD) for the full ``--epochs``,
+   measured whole; one-off capture/compilation time reported separately;
+4. a classifier-only stage 2 (LWS, 10 epochs on cached features) on top of the fast stage 1.
+
+Writes a JSON record (device, commit, versions, command, every timing) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import load_config
+from ..data.factory import load_dataset
+from ..engine.runner import environment, run_config
+from ..engine.device import Runtime
+from ..eval.report import write_json
+from .conventional import run_conventional
+
+
+def _ce_config(data_args: list[str], out: str, epochs: int, extra: list[str]):
+    overrides = data_args + [f"output_dir={out}", "engine.checkpoint_every=0", "engine.progress=false"]
+    if epochs != 200:
+        overrides += [f"stages.0.epochs={epochs}", "stages.0.schedule.milestones=[]"]
+    return load_config(mapping={"method": "ce", "name": "speed_ce"}, overrides=overrides + extra)
+
+
+def _extrapolate(epoch_seconds: list[float], epochs: int) -> float:
+    steady = epoch_seconds[1:] or epoch_seconds
+    return statistics.mean(steady) * epochs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="longtail bench speed", description=__doc__.split("\n")[0])
+    parser.add_argument("--prepared", help="a prepared dataset file (default: CIFAR-10-LT IF 100 from --root)")
+    parser.add_argument("--root", default=".data", help="folder holding cifar-10-batches-py")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--conventional-epochs", type=int, default=4)
+    parser.add_argument("--eager-epochs", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="results JSON (default benchmarks/results/speed_<gpu>.json)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("longtail bench speed needs a CUDA GPU (the comparison is about GPU training)", file=sys.stderr)
+        return 2
+    data_args = [f"data.prepared={args.prepared}"] if args.prepared else ["data.dataset=cifar10", f"data.root={args.root}"]
+    data_args.append(f"seed={args.seed}")
+    record: dict = {"command": "longtail bench speed " + " ".join(argv or sys.argv[1:]), "epochs": args.epochs}
+    with tempfile.TemporaryDirectory() as tmp:
+        fast_cfg = _ce_config(data_args, tmp, args.epochs, [])
+        dataset = load_dataset(fast_cfg.data)
+        record["dataset"] = {"name": dataset.name, "train": len(dataset.train), "test": len(dataset.test), "meta": dataset.meta}
+
+        conventional = run_conventional(dataset, args.conventional_epochs, total_epochs=args.epochs)
+        record["conventional"] = {
+            **conventional,
+            "measured_epochs": args.conventional_epochs,
+            "extrapolated_total_seconds": _extrapolate(conventional["epoch_seconds"], args.epochs),
+        }
+
+        eager_cfg = _ce_config(data_args, tmp, args.eager_epochs, ["engine.cuda_graph=off", "engine.amp=off", "engine.channels_last=off", "name=speed_eager"])
+        eager = run_config(eager_cfg, fresh=True)
+        eager_epochs = _epoch_seconds(Path(tmp) / "speed_eager" / f"seed{args.seed}")
+        record["eager_fp32"] = {
+            "epoch_seconds": eager_epochs,
+            "measured_epochs": args.eager_epochs,
+            "extrapolated_total_seconds": _extrapolate(eager_epochs, args.epochs),
+        }
+
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        fast = run_config(fast_cfg, fresh=True)
+        wall = time.perf_counter() - start
+        stage = fast["timings"][0]
+        train_seconds = stage["seconds"] - stage["compile_seconds"]
+        images = args.epochs * stage["steps_per_epoch"] * stage["batch_size"]
+        record["fast"] = {
+            "stage1_seconds_excluding_capture": train_seconds,
+            "capture_seconds": stage["compile_seconds"],
+            "cuda_graph": stage["cuda_graph"],
+            "fallback_reason": stage["fallback_reason"],
+            "wall_seconds_including_data_and_eval": wall,
+            "images_per_second": images / train_seconds,
+            "test_top1": fast["test"]["top1"],
+            "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "runtime": Runtime.resolve(fast_cfg.engine).describe(),
+        }
+        stage1 = Path(tmp) / "speed_ce" / f"seed{args.seed}" / "stage0_stage1.pt"
+        lws_cfg = load_config(
+            mapping={"method": "ce", "name": "speed_lws"},
+            overrides=data_args
+            + [f"output_dir={tmp}", "engine.progress=false", "engine.checkpoint_every=0", f"stages.0.options={{init_from: {stage1}}}"],
+        )
+        lws_cfg.stages.append(_lws_stage())
+        lws = run_config(lws_cfg, fresh=True)
+        record["stage2_lws"] = {
+            "seconds": lws["timings"][1]["seconds"],
+            "epochs": lws_cfg.stages[1].epochs,
+            "test_top1": lws["test"]["top1"],
+            "cuda_graph": lws["timings"][1]["cuda_graph"],
+        }
+    conv_total = record["conventional"]["extrapolated_total_seconds"]
+    record["speedup_vs_conventional"] = conv_total / record["fast"]["stage1_seconds_excluding_capture"]
+    record["speedup_vs_eager_fp32"] = record["eager_fp32"]["extrapolated_total_seconds"] / record["fast"]["stage1_seconds_excluding_capture"]
+    record["env"] = environment(Runtime.resolve(fast_cfg.engine), record["command"])
+    gpu = torch.cuda.get_device_name().replace(" ", "_")
+    output = Path(args.output or f"benchmarks/results/speed_{gpu}.json")
+    write_json(output, record)
+    print(_table(record))
+    print(f"wrote {output}")
+    return 0
+
+
+def _lws_stage():
+    from ..config import OptimizerConfig, ScheduleConfig, StageConfig
+
+    return StageConfig(
+        name="lws", epochs=10, batch_size=512, train="head", head="lws", features="cached",
+        sampler={"name": "class_balanced"}, loss={"name": "ce"}, augment="none",
+        optimizer=OptimizerConfig(lr=0.2, weight_decay=5e-4), schedule=ScheduleConfig(name="cosine"),
+    )
+
+
+def _epoch_seconds(run_dir: Path) -> list[float]:
+    import json
+
+    return [json.loads(line)["seconds"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _table(record: dict) -> str:
+    e = record["epochs"]
+    rows = [
+        ("conventional (DataLoader+PIL, fp32)", record["conventional"]["extrapolated_total_seconds"], f"extrapolated from {record['conventional']['measured_epochs']} epochs"),
+        ("longtail eager fp32 (device data)", record["eager_fp32"]["extrapolated_total_seconds"], f"extrapolated from {record['eager_fp32']['measured_epochs']} epochs"),
+        ("longtail fast path", record["fast"]["stage1_seconds_excluding_capture"], f"measured, {e} epochs; capture {record['fast']['capture_seconds']:.1f} s"),
+    ]
+    lines = [f"{'pipeline':38s} {'s/epoch':>8s} {f'{e} ep (s)':>10s}  note"]
+    for name, total, note in rows:
+        lines.append(f"{name:38s} {total / e:8.3f} {total:10.1f}  {note}")
+    lines.append(
+        f"speed-up vs conventional: {record['speedup_vs_conventional']:.1f}x; vs eager fp32: {record['speedup_vs_eager_fp32']:.1f}x; "
+        f"fast path {record['fast']['images_per_second']:.0f} images/s, peak GPU memory {record['fast']['peak_gpu_memory_mib']:.0f} MiB, "
+        f"test top-1 {record['fast']['test_top1']:.2f}"
+    )
+    lines.append(f"stage 2 LWS ({record['stage2_lws']['epochs']} epochs, cached features): {record['stage2_lws']['seconds']:.2f} s")
+    return "\n".join(lines)

@@ -1,0 +1,356 @@
+"""Run configuration: YAML files validated against dataclasses, with ``key=value`` overrides.
+
+A config file may start from a packaged method recipe (``method: iwb``) or from another file
+(``base: other.yaml``); its own keys then override the base, recursively for mappings.
+Unknown keys are errors that name the closest valid key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .registry import closest
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, how it is made long-tailed, and where it lives."""
+
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | prepared
+    root: str = ".data"
+    imbalance_factor: float = 100.0
+    profile: str = "exp"  # exp | step | explicit
+    counts: list[int] | None = None  # explicit per-class counts (profile: explicit)
+    selection: str = "shuffle"  # shuffle (Cao et al. 2019) | first | replacement
+    selection_seed: int = 0
+    val_per_class: int = 0  # balanced validation split from left-out training images
+    prepared: str | None = None  # a prepared-dataset file (overrides the fields above)
+    download: bool = False
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "resnet32"
+    head: str = "linear"
+    head_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    """SGD (the only optimizer the seed papers use)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    # per-parameter-group overrides: {name substring: {lr: ..., weight_decay: ...}}
+    param_groups: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"  # multistep | cosine | constant
+    warmup_epochs: int = 0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    final_lr: float = 0.0  # cosine: value reached after the last epoch
+
+
+@dataclass
+class StageConfig:
+    """One stage of a run: what is trained, on what, with which loss and schedule."""
+
+    name: str = "stage1"
+    kind: str = "supervised"  # supervised | classifier (frozen encoder) | method-specific kinds
+    epochs: int = 200
+    batch_size: int = 128
+    train: str = "all"  # all | head
+    head: str | None = None  # re-initialise the head as this kind before the stage (e.g. linear, lws)
+    head_options: dict[str, Any] = field(default_factory=dict)
+    features: str = "cached"  # frozen-encoder stages: cached (no augmentation) | online
+    classes: str = "all"  # all | head_half (BWLM stage 1)
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "instance"})
+    augment: str = "crop_flip"  # crop_flip | none | randaugment | autoaugment
+    mixing: dict[str, Any] | None = None  # {name: mixup|remix, ...}
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    max_norm: dict[str, Any] | None = None  # {rule: ...} MaxNorm on the head weights
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific stage options
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 1000
+    many_threshold: int = 100
+    few_threshold: int = 20
+    select: str = "last"  # last | best_val (needs data.val_per_class > 0); never the test set
+    every: int = 0  # evaluate on the test set every N epochs for the curves (0: only at the end)
+
+
+@dataclass
+class EngineConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    channels_last: str = "auto"
+    cuda_graph: str = "auto"  # auto | on | off
+    compile: bool = False
+    checkpoint_every: int = 20  # epochs; 0 disables periodic checkpoints
+    cpu_threads: int = 0  # torch CPU threads (0: torch's default)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "digits_lt_ce"
+    seed: int = 0
+    output_dir: str = "runs"
+    method: str | None = None  # a packaged recipe this config started from (informational)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+# ---------------------------------------------------------------- building from mappings
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _strip_optional(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    tp = _strip_optional(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value) if tp is float else int(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        if tp is int and float(value) != int(value):
+            raise ConfigError(f"{where} must be a whole number, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, mapping: dict[str, Any], where: str = "config"):
+    """Build dataclass ``cls`` from ``mapping``; unknown keys raise with the closest valid key."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in mapping.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown key {where}.{key}{closest(key, names)}; valid keys: {', '.join(names)}"
+            )
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+# ---------------------------------------------------------------- files, recipes, overrides
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive merge: mappings merge key by key, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass the path of a .yaml file") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def method_names() -> list[str]:
+    """Names of the packaged method recipes (``method: NAME`` in a config)."""
+    folder = resources.files("longtail") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _method_mapping(name: str) -> dict[str, Any]:
+    path = resources.files("longtail") / "recipes" / f"{name}.yaml"
+    if not path.is_file():
+        names = method_names()
+        raise ConfigError(
+            f"unknown method {name!r}{closest(name, names)}; packaged methods: {', '.join(names)}"
+        )
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _resolve(mapping: dict[str, Any], here: Path | None, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    mapping = dict(mapping)
+    base_file = mapping.pop("base", None)
+    base: dict[str, Any] = {}
+    if base_file is not None:
+        path = (here / base_file) if here is not None else Path(base_file)
+        if str(path) in seen:
+            raise ConfigError(f"config files include each other in a cycle: {' -> '.join(seen)}")
+        base = _resolve(_read_yaml(path), path.parent, seen + (str(path),))
+    method = mapping.get("method")
+    if method is not None and not base_file:
+        base = _merge(_resolve(_method_mapping(method), None), base)
+    return _merge(base, mapping)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.0.c=value`` -> (['a', 'b', '0', 'c'], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. stages.0.epochs=10)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _apply_override(mapping: dict[str, Any], path: list[str], value: Any, cls=RunConfig) -> None:
+    """Set ``path`` in a raw mapping, validating each step against the dataclass schema."""
+    node: Any = mapping
+    tp: Any = cls
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        tp = _strip_optional(tp)
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{'.'.join(path)}: index {part} is out of range (0..{len(node) - 1})")
+            index = int(part)
+            if last:
+                node[index] = value
+                return
+            node, tp = node[index], typing.get_args(tp)[0] if typing.get_origin(tp) is list else Any
+            continue
+        if dataclasses.is_dataclass(tp):
+            names = [f.name for f in dataclasses.fields(tp)]
+            if part not in names:
+                raise ConfigError(
+                    f"unknown key {'.'.join(path[: depth + 1])}{closest(part, names)}; valid keys: {', '.join(names)}"
+                )
+            child_tp = _hints(tp)[part]
+        else:
+            child_tp = Any
+        if last:
+            node[part] = value
+            return
+        if part not in node or node[part] is None:
+            child = _strip_optional(child_tp)
+            node[part] = [] if typing.get_origin(child) is list else {}
+            if typing.get_origin(child) is list or (dataclasses.is_dataclass(child) and part == "stages"):
+                node[part] = [to_dict(StageConfig())]
+        node, tp = node[part], child_tp
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), mapping: dict | None = None) -> RunConfig:
+    """Load a config file (or a mapping, or the built-in default), apply overrides, validate.
+
+    The built-in default (no path, no mapping) is plain cross-entropy on the scikit-learn digits
+    data made long-tailed: it needs no download.
+    """
+    if path is not None:
+        path = Path(path)
+        raw = _resolve(_read_yaml(path), path.parent, (str(path),))
+    else:
+        raw = _resolve(mapping if mapping is not None else _method_mapping("digits_default"), None)
+    if "stages" in raw:
+        raw["stages"] = [
+            _merge(to_dict(StageConfig()), s) if isinstance(s, dict) else s for s in raw["stages"]
+        ]
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(raw, keys, value)
+    config = from_dict(RunConfig, raw)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Cross-field checks that a schema cannot express."""
+    if not config.stages:
+        raise ConfigError("a run needs at least one stage (stages: [...])")
+    for i, stage in enumerate(config.stages):
+        where = f"stages.{i}"
+        if stage.epochs <= 0:
+            raise ConfigError(f"{where}.epochs must be positive, got {stage.epochs}")
+        if stage.batch_size <= 0:
+            raise ConfigError(f"{where}.batch_size must be positive, got {stage.batch_size}")
+        if stage.train not in ("all", "head"):
+            raise ConfigError(f"{where}.train must be 'all' or 'head', got {stage.train!r}")
+        if stage.features not in ("cached", "online"):
+            raise ConfigError(f"{where}.features must be 'cached' or 'online', got {stage.features!r}")
+        if "name" not in stage.loss:
+            raise ConfigError(f"{where}.loss needs a name (e.g. loss: {{name: ce}})")
+        if "name" not in stage.sampler:
+            raise ConfigError(f"{where}.sampler needs a name (e.g. sampler: {{name: instance}})")
+        sched = stage.schedule
+        if sched.name not in ("multistep", "cosine", "constant"):
+            raise ConfigError(
+                f"{where}.schedule.name {sched.name!r}{closest(sched.name, ['multistep', 'cosine', 'constant'])} "
+                "is not one of multistep, cosine, constant"
+            )
+        bad = [m for m in sched.milestones if not 0 < m < stage.epochs]
+        if bad:
+            raise ConfigError(f"{where}.schedule.milestones {bad} lie outside 1..{stage.epochs - 1}")
+    if config.eval.select not in ("last", "best_val"):
+        raise ConfigError(f"eval.select must be 'last' or 'best_val', got {config.eval.select!r}")
+    if config.eval.select == "best_val" and config.data.val_per_class <= 0:
+        raise ConfigError("eval.select: best_val needs a validation split: set data.val_per_class > 0")

@@ -1,0 +1,46 @@
+"""Build the dataset a config names (``data:`` section)."""
+from __future__ import annotations
+
+from ..config import DataConfig
+from ..errors import ConfigError
+from ..registry import closest
+from .dataset import LongTailedDataset
+
+DATASETS = ("digits", "cifar10", "cifar100", "prepared")
+
+
+def load_dataset(config: DataConfig) -> LongTailedDataset:
+    """The long-tailed dataset described by ``config`` (a prepared file wins when given)."""
+    if config.prepared or config.dataset == "prepared":
+        from .prepared import load_prepared
+
+        if not config.prepared:
+            raise ConfigError("data.dataset is 'prepared' but data.prepared names no file")
+        return load_prepared(config.prepared)
+    if config.dataset == "digits":
+        from .digits import build_digits_lt
+
+        return build_digits_lt(
+            imbalance_factor=config.imbalance_factor,
+            profile=config.profile,
+            seed=config.selection_seed,
+            val_per_class=config.val_per_class,
+        )
+    if config.dataset in ("cifar10", "cifar100"):
+        from .cifar import build_cifar_lt
+
+        return build_cifar_lt(
+            config.root,
+            name=config.dataset,
+            imbalance_factor=config.imbalance_factor,
+            profile=config.profile,
+            rule=config.selection,
+            seed=config.selection_seed,
+            val_per_class=config.val_per_class,
+            download=config.download,
+            counts=config.counts,
+        )
+    raise ConfigError(
+        f"unknown data.dataset {config.dataset!r}{closest(config.dataset, DATASETS)}; "
+        f"valid: {', '.join(DATASETS)} (split-file datasets: see longtail.data.splitfile)"
+    )

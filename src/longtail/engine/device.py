@@ -1,0 +1,69 @@
+"""Resolve the engine settings (device, bf16 autocast, channels_last, CUDA graphs) for a machine."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from ..config import EngineConfig
+from ..errors import ConfigError
+
+
+def _auto(value: str, default: bool, where: str) -> bool:
+    if value == "auto":
+        return default
+    if value in ("on", "bf16", "true"):
+        return True
+    if value in ("off", "false"):
+        return False
+    raise ConfigError(f"engine.{where} must be auto, on or off, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the engine will actually do on this machine."""
+
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    cuda_graph: bool
+    compile: bool
+
+    @classmethod
+    def resolve(cls, config: EngineConfig) -> "Runtime":
+        name = config.device
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("engine.device asks for CUDA but no GPU is visible; use engine.device=cpu")
+        on_cuda = device.type == "cuda"
+        if config.cpu_threads > 0:
+            torch.set_num_threads(config.cpu_threads)
+        bf16 = _auto(config.amp, on_cuda, "amp")
+        return cls(
+            device=device,
+            bf16=bf16,
+            channels_last=_auto(config.channels_last, on_cuda, "channels_last"),
+            cuda_graph=_auto(config.cuda_graph, on_cuda, "cuda_graph") and on_cuda,
+            compile=config.compile,
+        )
+
+    def autocast(self):
+        """bf16 autocast (cache disabled, as CUDA-graph capture requires) or a no-op."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+    def describe(self) -> dict:
+        info = {
+            "device": str(self.device),
+            "bf16": self.bf16,
+            "channels_last": self.channels_last,
+            "cuda_graph": self.cuda_graph,
+            "compile": self.compile,
+        }
+        if self.device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(self.device)
+        return info

@@ -1,0 +1,277 @@
+"""Run a config end to end: data, model, stages, checkpoints, evaluation, run folder.
+
+The run folder ``<output_dir>/<name>/seed<seed>/`` holds:
+
+- ``config.yaml``   the resolved config;
+- ``env.json``      versions, device, commit, command;
+- ``metrics.jsonl`` one line per epoch (stage, epoch, loss, train accuracy, lr, seconds, ...);
+- ``checkpoint.pt`` the latest state (stage, epoch, model, optimizer, loss state, RNG), written
+  atomically every ``engine.checkpoint_every`` epochs and at the end of each stage;
+- ``stage<i>_<name>.pt`` the model weights after each stage (shared stage 1 for benchmarks);
+- ``results.json``  final metrics (test, and validation when there is a split), the
+  checkpoint-selection rule, per-class weight norms, timings;
+- ``per_class_accuracy.png``, ``weight_norms.png``.
+
+Resuming (the default) continues from ``checkpoint.pt``; a finished run (``results.json``) is
+not re-run unless ``fresh=True``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ..config import RunConfig, to_dict
+from ..data.factory import load_dataset
+from ..eval.metrics import EvalResult, weight_norms
+from ..eval.plots import plot_per_class_accuracy, plot_weight_norms
+from ..eval.report import format_report, write_json
+from ..models.factory import build_model
+from .checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from .device import Runtime
+from .evaluate import evaluate_model
+from .stages import RunContext, stage_kind
+from .trainer import StageTrainer
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit of the source tree (``+dirty`` when it has uncommitted changes), or 'unknown'."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return os.environ.get("LONGTAIL_COMMIT", "unknown")
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("LONGTAIL_COMMIT", "unknown")
+
+
+def environment(runtime: Runtime, command: str | None = None) -> dict[str, Any]:
+    import torchvision
+
+    import longtail
+
+    return {
+        "longtail": longtail.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "runtime": runtime.describe(),
+        "commit": git_commit(),
+        "command": command or " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    return Path(config.output_dir) / config.name / f"seed{config.seed}"
+
+
+def _to_device(dataset, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    splits = {"train": dataset.train, "test": dataset.test}
+    if dataset.val is not None:
+        splits["val"] = dataset.val
+    return {
+        name: (torch.as_tensor(split.x).to(device), torch.as_tensor(split.y).to(device))
+        for name, split in splits.items()
+    }
+
+
+class Run:
+    """One run of a config; ``execute()`` trains every stage and returns the results dict."""
+
+    def __init__(self, config: RunConfig, command: str | None = None, fresh: bool = False):
+        self.config = config
+        self.command = command
+        self.run_dir = run_dir_of(config)
+        if fresh and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.runtime = Runtime.resolve(config.engine)
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> RunContext:
+        config = self.config
+        seed_everything(config.seed)
+        dataset = load_dataset(config.data)
+        in_channels = dataset.train.x.shape[1] if dataset.is_image else 3
+        model = build_model(
+            "identity" if not dataset.is_image else config.model.encoder,
+            dataset.num_classes,
+            head=config.model.head,
+            in_channels=in_channels,
+            in_dim=None if dataset.is_image else dataset.train.x.shape[1],
+            **config.model.head_options,
+        ).to(self.runtime.device)
+        if self.runtime.channels_last and dataset.is_image:
+            model = model.to(memory_format=torch.channels_last)
+        ctx = RunContext(config, self.runtime, dataset, model, _to_device(dataset, self.runtime.device), self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        write_json(self.run_dir / "env.json", environment(self.runtime, self.command))
+        return ctx
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _save(self, ctx: RunContext, stage_index: int, epoch: int, trainer: StageTrainer | None) -> None:
+        atomic_save(
+            {
+                "stage": stage_index,
+                "epoch": epoch,
+                "model": ctx.model.state_dict(),
+                "trainer": trainer.state_dict() if trainer is not None else None,
+                "rng": rng_state(),
+                "stage_options": [dict(s.options) for s in self.config.stages],
+            },
+            self.run_dir / "checkpoint.pt",
+        )
+
+    # ------------------------------------------------------------------ main loop
+    def execute(self) -> dict[str, Any]:
+        results_path = self.run_dir / "results.json"
+        if results_path.exists():
+            return json.loads(results_path.read_text())
+        started = time.perf_counter()
+        ctx = self._setup()
+        config = self.config
+        resume = load_checkpoint(self.run_dir / "checkpoint.pt") if (self.run_dir / "checkpoint.pt").exists() else None
+        timings: list[dict[str, Any]] = []
+        best_val: tuple[float, dict[str, torch.Tensor]] | None = None
+        last_training_stage = max(
+            (i for i, s in enumerate(config.stages) if stage_kind(s.kind).__class__.__name__ == "SupervisedStage"),
+            default=-1,
+        )
+        for index, stage in enumerate(config.stages):
+            kind = stage_kind(stage.kind)
+            kind.prepare(ctx, stage)
+            if resume is not None and index < resume["stage"]:
+                continue  # finished before the interruption; its weights come with the checkpoint
+            start_epoch = 0
+            if resume is not None and index == resume["stage"]:
+                ctx.model.load_state_dict(resume["model"])
+                for options, saved in zip(config.stages, resume["stage_options"]):
+                    options.options.update(saved)
+                set_rng_state(resume["rng"])
+                start_epoch = resume["epoch"]
+            if stage.options.get("init_from"):
+                self._load_weights(ctx, stage.options["init_from"])
+                timings.append({"stage": stage.name, "seconds": 0.0, "init_from": stage.options["init_from"]})
+                self._finish_stage(ctx, index, stage)
+                continue
+            stage_start = time.perf_counter()
+            plan = kind.build(ctx, stage) if start_epoch < stage.epochs or stage.kind != "supervised" else None
+            trainer = None
+            if plan is not None:
+                trainer = StageTrainer(plan, self.runtime, progress=config.engine.progress)
+                if resume is not None and index == resume["stage"] and resume["trainer"] is not None:
+                    trainer.load_state_dict(resume["trainer"])
+
+                def on_epoch_end(epoch: int, metrics: dict[str, float], _trainer=trainer, _index=index) -> None:
+                    nonlocal best_val
+                    record = {"stage": stage.name, **metrics}
+                    if config.eval.every and (epoch + 1) % config.eval.every == 0:
+                        record["test_top1"] = self._evaluate(ctx, "test").top1
+                    if config.eval.select == "best_val" and _index == last_training_stage:
+                        val_top1 = self._evaluate(ctx, "val").top1
+                        record["val_top1"] = val_top1
+                        if best_val is None or val_top1 > best_val[0]:
+                            best_val = (val_top1, copy.deepcopy(ctx.model.state_dict()))
+                    self._log(record)
+                    every = config.engine.checkpoint_every
+                    if every and (epoch + 1) % every == 0 and epoch + 1 < stage.epochs:
+                        self._save(ctx, _index, epoch + 1, _trainer)
+
+                trainer.fit(start_epoch, on_epoch_end)
+            timings.append(
+                {
+                    "stage": stage.name,
+                    "seconds": time.perf_counter() - stage_start,
+                    "compile_seconds": trainer.compile_seconds if trainer else 0.0,
+                    "cuda_graph": bool(trainer and trainer.graph is not None),
+                    "fallback_reason": trainer.fallback_reason if trainer else "",
+                    "steps_per_epoch": plan.source.steps_per_epoch if plan else 0,
+                    "batch_size": plan.source.batch_size if plan else 0,
+                }
+            )
+            self._save(ctx, index, stage.epochs, None)
+            self._finish_stage(ctx, index, stage)
+        if best_val is not None:
+            ctx.model.load_state_dict(best_val[1])
+        results = self._results(ctx, timings, time.perf_counter() - started)
+        write_json(results_path, results)
+        self._plots(ctx, results)
+        return results
+
+    def _finish_stage(self, ctx: RunContext, index: int, stage) -> None:
+        atomic_save({"model": ctx.model.state_dict(), "stage": index}, self.run_dir / f"stage{index}_{stage.name}.pt")
+        ctx.feature_cache.clear()
+
+    def _load_weights(self, ctx: RunContext, path: str) -> None:
+        state = load_checkpoint(path, map_location=self.runtime.device)
+        ctx.model.load_state_dict(state["model"])
+
+    def _evaluate(self, ctx: RunContext, split: str) -> EvalResult:
+        inputs, labels = ctx.splits[split]
+        ev = self.config.eval
+        return evaluate_model(
+            ctx.model, inputs, labels, ctx.class_counts, self.runtime, ctx.dataset.mean, ctx.dataset.std,
+            ev.batch_size, ev.many_threshold, ev.few_threshold,
+        )
+
+    def _results(self, ctx: RunContext, timings: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        test = self._evaluate(ctx, "test")
+        out: dict[str, Any] = {
+            "name": self.config.name,
+            "seed": self.config.seed,
+            "dataset": ctx.dataset.name,
+            "dataset_meta": ctx.dataset.meta,
+            "class_counts": ctx.class_counts.tolist(),
+            "selection": {
+                "last": "the model after the last epoch of the last stage",
+                "best_val": "the epoch of the last training stage with the best validation top-1",
+            }[self.config.eval.select],
+            "test": test.to_dict(),
+            "weight_norms": weight_norms(ctx.model.head.class_weight().detach().float()).tolist(),
+            "stage_options": [dict(s.options) for s in self.config.stages],
+            "timings": timings,
+            "seconds": seconds,
+            "env": environment(self.runtime, self.command),
+        }
+        if "val" in ctx.splits:
+            out["val"] = self._evaluate(ctx, "val").to_dict()
+        if self.runtime.device.type == "cuda":
+            out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**20
+        return out
+
+    def _plots(self, ctx: RunContext, results: dict[str, Any]) -> None:
+        counts = results["class_counts"]
+        label = self.config.name
+        plot_per_class_accuracy({label: (counts, results["test"]["per_class_accuracy"])}, self.run_dir / "per_class_accuracy.png")
+        plot_weight_norms({label: (counts, results["weight_norms"])}, self.run_dir / "weight_norms.png")
+
+
+def run_config(config: RunConfig, command: str | None = None, fresh: bool = False) -> dict[str, Any]:
+    """Train and evaluate ``config``; return the results dict (also written to the run folder)."""
+    return Run(config, command=command, fresh=fresh).execute()
+
+
+def report(results: dict[str, Any]) -> str:
+    """The many/medium/few report of a results dict."""
+    return format_report(EvalResult.from_dict(results["test"]), title=f"{results['name']} (seed {results['seed']}) — test")

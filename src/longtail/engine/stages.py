@@ -1,0 +1,298 @@
+"""Stage kinds: how each kind of stage changes the model and what it trains.
+
+A stage kind has two parts, kept apart so that a resumed run can rebuild the model's structure
+before loading its weights:
+
+- ``prepare(ctx, stage)``: structural changes only (a new or wrapped head, frozen encoder);
+- ``build(ctx, stage)``: the :class:`StagePlan` to train, or ``None`` for post-hoc stages
+  (which do their work here: tau-norm, NCM, post-hoc logit adjustment).
+
+``supervised`` covers every stage trained by gradient descent on real data: stage 1 (whole
+network) and classifier re-training on a frozen encoder (cRT, LWS, LWS-Plus, WD+MaxNorm, IWB,
+BWLM's stage 2) from cached features or online with augmentation.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import RunConfig, StageConfig
+from ..data.dataset import LongTailedDataset
+from ..data.gpu_augment import AutoAugment, RandAugment, random_crop_flip
+from ..data.mixing import mixed_loss, mixup, remix
+from ..data.sampling import build_sampler
+from ..errors import ConfigError
+from ..features.extract import extract_features
+from ..losses import build_loss
+from ..losses.logit_adjust import posthoc_logit_adjustment
+from ..models.factory import LTModel
+from ..models.heads import HEADS, FrozenBaseHead, Head, LinearHead, NCMHead, TauNormHead
+from ..registry import Registry
+from .device import Runtime
+from .maxnorm import MaxNorm
+from .sources import DeviceSource
+from .trainer import StagePlan
+
+STAGE_KINDS = Registry("stage kind")
+
+
+@dataclass
+class RunContext:
+    """What the stages of one run share: config, machine, data on the device, the model."""
+
+    config: RunConfig
+    runtime: Runtime
+    dataset: LongTailedDataset
+    model: LTModel
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (inputs, labels) on the device
+    run_dir: Path
+    class_counts: np.ndarray = field(init=False)
+    feature_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.class_counts = self.dataset.class_counts
+
+    def counts_tensor(self) -> torch.Tensor:
+        return torch.as_tensor(self.class_counts, device=self.runtime.device)
+
+    def features(self, split: str) -> torch.Tensor:
+        """Encoder features of a split (no augmentation), cached until the encoder changes."""
+        if split not in self.feature_cache:
+            inputs, _ = self.splits[split]
+            self.feature_cache[split] = extract_features(
+                self.model.encoder,
+                inputs,
+                self.dataset.mean,
+                self.dataset.std,
+                batch_size=self.config.eval.batch_size,
+                device=self.runtime.device,
+                autocast_dtype=torch.bfloat16 if self.runtime.bf16 else None,
+                channels_last=self.runtime.channels_last,
+            )
+        return self.feature_cache[split]
+
+
+class StageKind:
+    """Base: a stage kind changes the model in ``prepare`` and trains it through ``build``."""
+
+    def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
+        if stage.head:
+            ctx.model.replace_head(make_head(stage.head, ctx.model.head, stage.head_options))
+        frozen = stage.train == "head"
+        ctx.model.encoder.requires_grad_(not frozen)
+        if not frozen:
+            ctx.feature_cache.clear()
+
+    def build(self, ctx: RunContext, stage: StageConfig) -> StagePlan | None:
+        raise NotImplementedError
+
+
+def make_head(kind: str, current: Head, options: dict[str, Any]) -> Head:
+    """A new head of ``kind``: wrappers (LWS, LWS-Plus, tau-norm) wrap the current linear head."""
+    cls = HEADS.get(kind)
+    if issubclass(cls, FrozenBaseHead):
+        base = current.base if isinstance(current, FrozenBaseHead) else current
+        return cls(base, **options)
+    return cls.build(current.in_dim, current.num_classes, **options)
+
+
+def _augment(name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if name == "none":
+        return None
+    if name == "crop_flip":
+        return random_crop_flip
+    policies = {"randaugment": RandAugment, "autoaugment": AutoAugment}
+    if name not in policies:
+        raise ConfigError(f"unknown augment {name!r}; valid: none, crop_flip, randaugment, autoaugment")
+    policy = policies[name]()
+    return lambda x: random_crop_flip(policy(x))
+
+
+def _build_loss(ctx: RunContext, spec: dict[str, Any]) -> nn.Module:
+    options = dict(spec)
+    name = options.pop("name")
+    from ..losses import LOSSES
+
+    if "head" in inspect.signature(LOSSES.get(name)).parameters:
+        options["head"] = ctx.model.head
+    return build_loss(name, class_counts=ctx.class_counts.tolist(), **options).to(ctx.runtime.device)
+
+
+def _mixer(ctx: RunContext, spec: dict[str, Any] | None):
+    if not spec:
+        return None
+    options = dict(spec)
+    name = options.pop("name", None)
+    if name == "mixup":
+        return lambda x, y: mixup(x, y, **options)
+    if name == "remix":
+        counts = ctx.counts_tensor()
+        return lambda x, y: remix(x, y, counts, **options)
+    raise ConfigError(f"unknown mixing {name!r}; valid: mixup, remix")
+
+
+@STAGE_KINDS.register("supervised")
+class SupervisedStage(StageKind):
+    """Gradient-descent training on real data: the whole network, or the head on a frozen encoder."""
+
+    def build(self, ctx: RunContext, stage: StageConfig) -> StagePlan:
+        model, runtime = ctx.model, ctx.runtime
+        loss_fn = _build_loss(ctx, stage.loss)
+        mixer = _mixer(ctx, stage.mixing)
+        strategy = build_sampler(**{"name": stage.sampler["name"]}, **{k: v for k, v in stage.sampler.items() if k != "name"})
+        head_only = stage.train == "head"
+        cached = head_only and stage.features == "cached"
+        inputs, labels = ctx.splits["train"]
+        if cached:
+            inputs = ctx.features("train")
+        source = DeviceSource(
+            inputs,
+            labels,
+            ctx.dataset.num_classes,
+            strategy,
+            stage.batch_size,
+            stage.epochs,
+            augment=None if cached else _augment(stage.augment),
+            mean=ctx.dataset.mean,
+            std=ctx.dataset.std,
+            channels_last=runtime.channels_last,
+        )
+        encoder = model.encoder
+
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if cached:
+                feats = x
+            elif head_only:
+                with torch.no_grad():
+                    feats = encoder(x)
+            else:
+                feats = encoder(x)
+            return model.head(feats), feats
+
+        def compute_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if mixer is not None:
+                batch = mixer(x, y)
+                logits, _ = forward(batch.x)
+                return mixed_loss(loss_fn, logits, batch), logits
+            logits, feats = forward(x)
+            if getattr(loss_fn, "uses_features", False):
+                return loss_fn(logits, y, features=feats), logits
+            return loss_fn(logits, y), logits
+
+        post_step = []
+        if stage.max_norm is not None:
+            weight = model.head.class_weight()
+            cap = MaxNorm.from_initial_norms(weight, **stage.max_norm)
+            post_step.append(lambda: cap.apply_(weight))
+        trained = model.head if head_only else model
+        named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
+        if not named:
+            raise ConfigError(f"stage {stage.name!r} has no trainable parameters (head {type(model.head).__name__})")
+        return StagePlan(
+            name=stage.name,
+            epochs=stage.epochs,
+            source=source,
+            named_params=named,
+            compute_loss=compute_loss,
+            train_modules=[model.head] if head_only else [model],
+            frozen_modules=[encoder] if head_only else [],
+            optimizer=stage.optimizer,
+            schedule=stage.schedule,
+            hooks=[loss_fn],
+            post_step=post_step,
+            graph_safe=getattr(loss_fn, "graph_safe", True),
+            graph_unsafe_reason=f"loss {stage.loss['name']!r} is not CUDA-graph safe",
+        )
+
+
+@STAGE_KINDS.register("tau_norm")
+class TauNormStage(StageKind):
+    """Post-hoc tau-normalisation (Kang et al. 2020): W_c / ||W_c||^tau.
+
+    ``options.tau``: a fixed tau; otherwise tau is chosen on the validation split from
+    ``options.grid`` (default 0, 0.1, ..., 2.0). Without a validation split and without a fixed
+    tau this is an error: tau is never chosen on the test set.
+    """
+
+    def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
+        ctx.model.replace_head(make_head("tau_norm", ctx.model.head, {}))
+
+    def build(self, ctx: RunContext, stage: StageConfig) -> None:
+        head: TauNormHead = ctx.model.head  # type: ignore[assignment]
+        if "tau" in stage.options:
+            head.set_tau(float(stage.options["tau"]))
+            return None
+        if "val" not in ctx.splits:
+            raise ConfigError(
+                "tau_norm chooses tau on the validation split: set data.val_per_class > 0 "
+                "or give a fixed tau (stages.N.options.tau=1.0)"
+            )
+        grid = stage.options.get("grid", [round(0.1 * i, 1) for i in range(21)])
+        feats, labels = ctx.features("val"), ctx.splits["val"][1]
+        best = max(grid, key=lambda tau: (_set_tau_and_score(head, tau, feats, labels), -tau))
+        head.set_tau(best)
+        stage.options["chosen_tau"] = best
+        return None
+
+
+def _set_tau_and_score(head: TauNormHead, tau: float, feats: torch.Tensor, labels: torch.Tensor) -> float:
+    """Balanced (mean per-class) validation accuracy of the tau-normalised head."""
+    head.set_tau(tau)
+    with torch.no_grad():
+        preds = head(feats.float()).argmax(1)
+    per_class = torch.zeros(head.num_classes, device=feats.device).index_add_(0, labels, (preds == labels).float())
+    counts = torch.bincount(labels, minlength=head.num_classes).clamp(min=1)
+    return float((per_class / counts).mean())
+
+
+@STAGE_KINDS.register("ncm")
+class NCMStage(StageKind):
+    """Nearest class mean classifier on the frozen encoder's features (Kang et al. 2020)."""
+
+    def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
+        metric = stage.options.get("metric", "cosine")
+        ctx.model.replace_head(NCMHead.build(ctx.model.head.in_dim, ctx.model.head.num_classes, metric=metric))
+
+    def build(self, ctx: RunContext, stage: StageConfig) -> None:
+        metric = stage.options.get("metric", "cosine")
+        head = NCMHead.from_features(ctx.features("train"), ctx.splits["train"][1], ctx.dataset.num_classes, metric)
+        ctx.model.replace_head(head.to(ctx.runtime.device))
+        return None
+
+
+class PosthocAdjustedHead(Head):
+    """A head whose logits are shifted by −tau·log(pi) at inference (Menon et al. 2021)."""
+
+    def __init__(self, base: Head, class_counts, tau: float = 1.0):
+        super().__init__()
+        self.base, self.in_dim, self.num_classes = base, base.in_dim, base.num_classes
+        self.register_buffer("counts", torch.as_tensor(class_counts, dtype=torch.float32))
+        self.tau = tau
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return posthoc_logit_adjustment(self.base(x), self.counts, self.tau)
+
+    def class_weight(self) -> torch.Tensor:
+        return self.base.class_weight()
+
+
+@STAGE_KINDS.register("posthoc_logit_adjust")
+class PosthocLogitAdjustStage(StageKind):
+    """Post-hoc logit adjustment of the trained model (Menon et al. 2021), ``options.tau`` (1.0)."""
+
+    def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
+        tau = float(stage.options.get("tau", 1.0))
+        ctx.model.replace_head(PosthocAdjustedHead(ctx.model.head, ctx.class_counts, tau).to(ctx.runtime.device))
+
+    def build(self, ctx: RunContext, stage: StageConfig) -> None:
+        return None
+
+
+def stage_kind(name: str) -> StageKind:
+    return STAGE_KINDS.get(name)()

@@ -1,0 +1,232 @@
+"""The training loop of one stage, written once for the CPU and the CUDA fast path.
+
+One training step = gather a batch on the device, augment it, forward under bf16 autocast,
+backward, set the learning rate from a device-side table, fused SGD step, post-step
+constraints (e.g. MaxNorm), and accumulate loss/accuracy in device tensors. Nothing in the step
+reads a value back to the host, so on CUDA the step is captured once in a CUDA graph and
+replayed; the host synchronises once per epoch (to log the epoch's loss and check it is finite).
+On the CPU, or when a stage cannot be captured, the identical step runs eagerly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import OptimizerConfig, ScheduleConfig
+from ..errors import TrainingError
+from .device import Runtime
+from .schedules import factor_table
+from .sources import DeviceSource
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class EpochHook(Protocol):
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None: ...
+
+    def on_epoch_end(self) -> None: ...
+
+
+@dataclass
+class StagePlan:
+    """Everything one stage needs: data, what is trained, how the loss is computed, schedule."""
+
+    name: str
+    epochs: int
+    source: DeviceSource
+    named_params: list[tuple[str, nn.Parameter]]
+    compute_loss: LossFn  # (inputs, labels) -> (loss, logits); graph-safe
+    train_modules: list[nn.Module]  # put in train() mode for the stage
+    frozen_modules: list[nn.Module] = field(default_factory=list)  # put in eval() mode
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    hooks: list[Any] = field(default_factory=list)  # objects with on_epoch_start / on_epoch_end
+    post_step: list[Callable[[], None]] = field(default_factory=list)
+    graph_safe: bool = True
+    graph_unsafe_reason: str = ""
+
+
+def build_param_groups(named_params, config: OptimizerConfig) -> list[dict[str, Any]]:
+    """Split parameters into groups by name substring (``optimizer.param_groups``)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for name, param in named_params:
+        key = next((k for k in config.param_groups if k in name), "")
+        if key not in groups:
+            override = config.param_groups.get(key, {})
+            groups[key] = {
+                "params": [],
+                "base_lr": float(override.get("lr", config.lr)),
+                "weight_decay": float(override.get("weight_decay", config.weight_decay)),
+            }
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+class StageTrainer:
+    """Runs the epochs of one :class:`StagePlan`."""
+
+    def __init__(self, plan: StagePlan, runtime: Runtime, progress: bool = True):
+        self.plan, self.runtime, self.progress = plan, runtime, progress
+        device = runtime.device
+        steps = plan.source.steps_per_epoch
+        groups = build_param_groups(plan.named_params, plan.optimizer)
+        self.lr_tables = []
+        for group in groups:
+            table = factor_table(plan.schedule, plan.epochs, steps, group["base_lr"]) * group["base_lr"]
+            self.lr_tables.append(torch.as_tensor(table, device=device))
+            group["lr"] = torch.tensor(float(table[0]), device=device)
+        self.optimizer = torch.optim.SGD(
+            groups,
+            lr=plan.optimizer.lr,
+            momentum=plan.optimizer.momentum,
+            nesterov=plan.optimizer.nesterov,
+            weight_decay=plan.optimizer.weight_decay,
+            fused=device.type == "cuda",
+        )
+        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
+        self.totals = torch.zeros(2, device=device)  # sum of batch losses, correct predictions
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.fallback_reason = ""
+        self.compile_seconds = 0.0
+
+    # ------------------------------------------------------------------ the step
+    def _step(self) -> None:
+        x, y = self.plan.source.next()
+        with self.runtime.autocast():
+            loss, logits = self.plan.compute_loss(x, y)
+        loss.backward()
+        for group, table in zip(self.optimizer.param_groups, self.lr_tables):
+            group["lr"].copy_(table.index_select(0, self.step_index).view(()))
+        self.step_index.add_(1)
+        self.optimizer.step()
+        for constraint in self.plan.post_step:
+            constraint()
+        correct = (logits.detach().argmax(1) == y).sum()
+        self.totals.add_(torch.stack([loss.detach().float(), correct.float()]))
+
+    def _eager_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._step()
+
+    def _capture(self, warmup: int) -> None:
+        """Run ``warmup`` real steps on a side stream, then capture one step in a CUDA graph."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        start = time.perf_counter()
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                self._eager_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        # A capture stream of our own and thread-local error mode let several runs capture and
+        # replay concurrently from different threads (``longtail bench reproduce --concurrent``).
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
+            self._step()
+        torch.cuda.current_stream().synchronize()
+        self.compile_seconds = time.perf_counter() - start
+        self.graph = graph
+
+    def _use_graph(self) -> bool:
+        if not self.runtime.cuda_graph:
+            return False
+        if not self.plan.graph_safe:
+            self.fallback_reason = self.plan.graph_unsafe_reason or "the stage is marked graph-unsafe"
+            return False
+        return True
+
+    # ------------------------------------------------------------------ epochs
+    def set_modes(self) -> None:
+        for module in self.plan.train_modules:
+            module.train()
+        for module in self.plan.frozen_modules:
+            module.eval()
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch; return its mean loss, training accuracy and final learning rate."""
+        plan = self.plan
+        self.set_modes()
+        for hook in plan.hooks:
+            hook.on_epoch_start(epoch, plan.epochs)
+        plan.source.start_epoch(epoch)
+        steps = plan.source.steps_per_epoch
+        self.step_index.fill_(epoch * steps)
+        self.totals.zero_()
+        done = 0
+        if self.graph is None and self._use_graph():
+            warmup = min(3, steps)
+            try:
+                self._capture(warmup)
+                done = warmup
+            except RuntimeError as exc:  # capture failed: the warm-up steps stand, go on eagerly
+                self.graph = None
+                self.fallback_reason = f"CUDA graph capture failed: {exc}"
+                warnings.warn(f"stage {plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=2)
+                self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
+                done = warmup
+        for _ in range(done, steps):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._eager_step()
+        for hook in plan.hooks:
+            hook.on_epoch_end()
+        loss_sum, correct = self.totals.tolist()  # the one host sync of the epoch
+        seen = steps * plan.source.batch_size
+        if not math.isfinite(loss_sum):
+            raise TrainingError(
+                f"stage {plan.name!r}, epoch {epoch + 1}: the training loss is not finite ({loss_sum}). "
+                "Lower the learning rate, check the loss options and the inputs; the last checkpoint "
+                "in the run folder is intact."
+            )
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        return {"loss": loss_sum / steps, "train_acc": 100.0 * correct / seen, "lr": lr}
+
+    def fit(
+        self,
+        start_epoch: int = 0,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train epochs ``start_epoch .. epochs-1``; ``on_epoch_end(epoch, metrics)`` after each."""
+        history = []
+        bar = tqdm(
+            range(start_epoch, self.plan.epochs),
+            desc=self.plan.name,
+            unit="ep",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        for epoch in bar:
+            start = time.perf_counter()
+            metrics = self.run_epoch(epoch)
+            metrics["seconds"] = time.perf_counter() - start
+            metrics["epoch"] = epoch + 1
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['train_acc']:.1f}", lr=f"{metrics['lr']:.2g}")
+            history.append(metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+        return history
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        state = self.optimizer.state_dict()
+        for group in state["param_groups"]:
+            group["lr"] = float(group["lr"])
+        return {"optimizer": state, "hooks": [h.state_dict() for h in self.plan.hooks if isinstance(h, nn.Module)]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        modules = [h for h in self.plan.hooks if isinstance(h, nn.Module)]
+        for module, module_state in zip(modules, state["hooks"]):
+            module.load_state_dict(module_state)

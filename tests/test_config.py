@@ -1,0 +1,79 @@
+"""Config loading: recipes, base files, overrides, validation errors that say how to fix them."""
+import pytest
+
+from longtail.config import load_config, method_names, parse_override
+from longtail.engine.schedules import epoch_factor, factor_table
+from longtail.config import ScheduleConfig
+from longtail.errors import ConfigError
+
+
+def test_default_config_is_the_digits_ce_recipe():
+    config = load_config()
+    assert config.data.dataset == "digits"
+    assert config.stages[0].loss == {"name": "ce"}
+
+
+def test_overrides_set_nested_and_list_fields():
+    config = load_config(None, ["stages.0.epochs=3", "seed=7", "stages.0.optimizer.lr=0.5", "data.imbalance_factor=20"])
+    assert (config.stages[0].epochs, config.seed, config.stages[0].optimizer.lr) == (3, 7, 0.5)
+    assert config.data.imbalance_factor == 20.0
+
+
+@pytest.mark.parametrize(
+    "override, hint",
+    [("stages.0.epoch=3", "did you mean 'epochs'"), ("dta.root=x", "did you mean 'data'"), ("engine.devce=cpu", "did you mean 'device'")],
+)
+def test_unknown_keys_name_the_closest_valid_key(override, hint):
+    with pytest.raises(ConfigError, match=hint):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_a_file_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("method: ce\nmodel: {encodr: resnet32}\n")
+    with pytest.raises(ConfigError, match="did you mean 'encoder'"):
+        load_config(path)
+
+
+def test_file_extends_a_packaged_method_and_a_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("method: ce\ndata: {dataset: cifar10, imbalance_factor: 50}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nseed: 3\n")
+    config = load_config(tmp_path / "child.yaml")
+    assert config.seed == 3 and config.data.imbalance_factor == 50
+    assert config.stages[0].schedule.milestones == [160, 180]
+
+
+def test_wrong_types_and_bad_values_are_rejected():
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(None, ["stages.0.epochs=many"])
+    with pytest.raises(ConfigError, match="milestones"):
+        load_config(None, ["stages.0.schedule.milestones=[500]"])
+    with pytest.raises(ConfigError, match="val_per_class"):
+        load_config(None, ["eval.select=best_val"])
+    with pytest.raises(ConfigError, match="unknown method 'cee'.*did you mean 'ce'"):
+        load_config(mapping={"method": "cee"})
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override("x=0.5") == (["x"], 0.5)
+    with pytest.raises(ConfigError):
+        parse_override("novalue")
+
+
+def test_packaged_methods_all_load():
+    for name in method_names():
+        load_config(mapping={"method": name})
+
+
+def test_multistep_warmup_schedule_matches_the_reference_code():
+    s = ScheduleConfig(name="multistep", warmup_epochs=5, milestones=[160, 180], gamma=0.1)
+    factors = [epoch_factor(s, e, 200, 0.1) for e in (0, 4, 5, 159, 160, 179, 180, 199)]
+    assert factors == pytest.approx([0.2, 1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_cosine_schedule_starts_at_one_and_decays_towards_zero():
+    s = ScheduleConfig(name="cosine")
+    table = factor_table(s, epochs=4, steps_per_epoch=2, base_lr=0.01)
+    # PyTorch CosineAnnealingLR stepped per epoch: (1 + cos(pi e / E)) / 2
+    assert table.tolist() == pytest.approx([1, 1, 0.853553, 0.853553, 0.5, 0.5, 0.146447, 0.146447], abs=1e-6)

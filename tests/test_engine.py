@@ -1,0 +1,135 @@
+"""The engine end to end on a tiny synthetic dataset: run folder, resume, NaN handling, stage 2."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import longtail.engine.runner as runner
+from longtail.config import load_config
+from longtail.data.dataset import ArraySplit, LongTailedDataset
+from longtail.engine.checkpoint import load_checkpoint
+from longtail.engine.trainer import StageTrainer
+from longtail.errors import TrainingError
+from longtail.losses import LOSSES
+from longtail.losses.ce import CrossEntropyLoss
+
+COUNTS = [48, 24, 12, 6]
+
+
+def tiny_dataset(_config=None) -> LongTailedDataset:
+    """4 classes whose images differ in brightness, so a few epochs learn something."""
+    rng = np.random.default_rng(0)
+
+    def make(labels):
+        base = rng.integers(0, 40, (len(labels), 3, 8, 8))
+        return (base + 60 * labels[:, None, None, None]).astype(np.uint8)
+
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(COUNTS)])
+    yt = np.repeat(np.arange(4), 8)
+    return LongTailedDataset("tiny", 4, list("abcd"), ArraySplit(make(y), y), ArraySplit(make(yt), yt),
+                             mean=(0.5,) * 3, std=(0.25,) * 3, meta={"source": "test"})
+
+
+@pytest.fixture(autouse=True)
+def fake_data(monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", tiny_dataset)
+
+
+def config(tmp_path, method="ce", *extra):
+    return load_config(
+        mapping={"method": method, "name": method},
+        overrides=[
+            f"output_dir={tmp_path}", "engine.progress=false", "stages.0.epochs=4", "stages.0.batch_size=16",
+            "stages.0.schedule.milestones=[]", "stages.0.schedule.warmup_epochs=1", "engine.checkpoint_every=2",
+            "model.encoder=resnet20", *extra,
+        ],
+    )
+
+
+def test_run_writes_a_complete_run_folder(tmp_path):
+    results = runner.run_config(config(tmp_path))
+    run_dir = tmp_path / "ce" / "seed0"
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "checkpoint.pt", "results.json", "stage0_stage1.pt",
+                 "per_class_accuracy.png", "weight_norms.png"):
+        assert (run_dir / name).is_file(), name
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert results["test"]["group_sizes"] == {"many": 0, "medium": 2, "few": 2}
+    assert len(results["weight_norms"]) == 4 and results["selection"].startswith("the model after the last epoch")
+    env = json.loads((run_dir / "env.json").read_text())
+    assert {"torch", "commit", "command", "runtime"} <= set(env)
+    # a finished run is not trained again: the same results come back
+    assert runner.run_config(config(tmp_path))["test"] == results["test"]
+
+
+def test_resume_after_an_interruption_gives_the_same_model(tmp_path, monkeypatch):
+    whole = runner.run_config(config(tmp_path / "whole"))
+    original = StageTrainer.run_epoch
+
+    def crash_in_epoch_three(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(StageTrainer, "run_epoch", crash_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_config(config(tmp_path / "split"))
+    assert load_checkpoint(tmp_path / "split" / "ce" / "seed0" / "checkpoint.pt")["epoch"] == 2
+    monkeypatch.setattr(StageTrainer, "run_epoch", original)
+    resumed = runner.run_config(config(tmp_path / "split"))
+    a = torch.load(tmp_path / "whole" / "ce" / "seed0" / "stage0_stage1.pt")["model"]
+    b = torch.load(tmp_path / "split" / "ce" / "seed0" / "stage0_stage1.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert resumed["test"]["top1"] == whole["test"]["top1"]
+
+
+@LOSSES.register("test_nan_from_epoch_3")
+class NaNFromEpochThree(CrossEntropyLoss):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("poison", torch.zeros(()))
+
+    def on_epoch_start(self, epoch, total_epochs):
+        self.poison.fill_(float("nan") if epoch >= 2 else 0.0)
+
+    def per_sample(self, logits, targets):
+        return super().per_sample(logits, targets) + self.poison
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+    cfg = config(tmp_path, "ce", "stages.0.loss={name: test_nan_from_epoch_3}")
+    with pytest.raises(TrainingError, match="epoch 3: the training loss is not finite.*checkpoint"):
+        runner.run_config(cfg)
+    saved = load_checkpoint(tmp_path / "ce" / "seed0" / "checkpoint.pt")
+    assert saved["epoch"] == 2 and all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("method", ["crt", "lws", "wd_maxnorm_cb"])
+def test_classifier_stages_leave_the_encoder_untouched(tmp_path, method):
+    cfg = config(tmp_path, method, "stages.1.epochs=3", "stages.1.batch_size=32")
+    runner.run_config(cfg)
+    run_dir = tmp_path / method / "seed0"
+    before = torch.load(run_dir / "stage0_stage1.pt")["model"]
+    after = torch.load(run_dir / f"stage1_{cfg.stages[1].name}.pt")["model"]
+    encoder_keys = [k for k in before if k.startswith("encoder.")]
+    assert encoder_keys
+    for key in encoder_keys:
+        torch.testing.assert_close(before[key], after[key], rtol=0, atol=0, msg=key)
+    head_changed = any(not torch.equal(before[k], after.get(k, before[k])) for k in before if k.startswith("head."))
+    assert head_changed or method == "lws"  # LWS learns new scales on the frozen head
+
+
+def test_maxnorm_stage_caps_every_class_norm(tmp_path):
+    results = runner.run_config(config(tmp_path, "wd_maxnorm_cb", "stages.1.epochs=3"))
+    before = torch.load(tmp_path / "wd_maxnorm_cb" / "seed0" / "stage0_stage1.pt")["model"]["head.fc.weight"]
+    norms = before.norm(dim=1)
+    cap = norms.min() + 0.1 * (norms.max() - norms.min())  # the weight-balancing code's threshold rule
+    assert max(results["weight_norms"]) <= float(cap) + 1e-5
+
+
+def test_posthoc_and_ncm_stages_need_no_training(tmp_path):
+    for method in ("ncm", "tau_norm", "posthoc_la"):
+        results = runner.run_config(config(tmp_path, method))
+        assert [t["stage"] for t in results["timings"]] == ["stage1", method]
