@@ -7,7 +7,7 @@ to a GPU machine with the code), the seeds, and the methods (each a config file)
     dataset: cifar10-lt
     data: {100: {prepared: .prepared/cifar10_lt_if100.ltd}}
     seeds: [0, 1, 2]
-    methods: {ce: configs/cifar10_lt/ce.yaml, crt: configs/cifar10_lt/crt.yaml}
+    methods: {ce: configs/cifar10_lt/ce.yaml, crt: {config: configs/cifar10_lt/crt.yaml, overrides: [stages.1.epochs=20]}}
 
 Every run lands in ``<runs>/<spec name>/if<IF>/<method>/seed<S>``; finished runs are skipped
 and interrupted ones resume, so a matrix can be stopped and restarted, or run in parts with
@@ -70,24 +70,26 @@ def load_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def plan_jobs(spec: dict[str, Any], spec_dir: Path, runs_dir: Path, methods=None, factors=None, seeds=None) -> list[Job]:
+def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, seeds=None) -> list[Job]:
     """All jobs of the (filtered) matrix, with shared stage-1 runs attached."""
     jobs, providers = [], {}
     for factor, data in spec["data"].items():
         factor = float(factor)
         if factors and factor not in factors:
             continue
-        for method, config_path in spec["methods"].items():
+        for method, entry in spec["methods"].items():
             if methods and method not in methods:
                 continue
+            # a method is a config path, or {config: path, overrides: [key=value, ...]}
+            config_path, method_overrides = (entry, []) if isinstance(entry, str) else (entry["config"], entry.get("overrides", []))
             for seed in spec["seeds"]:
                 if seeds is not None and seed not in seeds:
                     continue
                 overrides = [f"data.{k}={v}" for k, v in data.items()] + [
                     f"seed={seed}", f"name={method}", f"output_dir={runs_dir / spec['name'] / f'if{factor:g}'}",
                     "engine.progress=false",
-                ] + list(spec.get("overrides", []))
-                config = load_config(spec_dir / config_path, overrides)
+                ] + list(spec.get("overrides", [])) + list(method_overrides)
+                config = load_config(Path(config_path), overrides)
                 jobs.append(Job(method, factor, seed, config))
     for job in jobs:  # single-stage runs provide their stage 1 to decoupled methods
         if len(job.config.stages) == 1:
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
     command = "longtail bench reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
-    jobs = plan_jobs(spec, spec_path.parent, Path(args.runs), args.methods, args.imbalance_factors, args.seeds)
+    jobs = plan_jobs(spec, Path(args.runs), args.methods, args.imbalance_factors, args.seeds)
     print(f"{len(jobs)} runs ({sum(1 for j in jobs if j.method.startswith('stage1_'))} shared stage-1 runs)")
     for job in jobs:
         shared = f" (stage 1 from {job.shared_stage1.config.name})" if job.shared_stage1 else ""

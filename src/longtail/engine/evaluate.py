@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.gpu_augment import normalize
+from ..data.gpu_augment import Normalize
 from ..eval.metrics import ConfusionAccumulator, EvalResult
 from ..models.factory import LTModel
 from .device import Runtime
@@ -22,10 +22,11 @@ def predict_logits(
     was_training = model.training
     model.eval()
     outputs = []
+    normalize = Normalize(mean, std).to(inputs.device) if inputs.dtype == torch.uint8 else None
     for start in range(0, inputs.shape[0], batch_size):
         x = inputs[start : start + batch_size]
         if x.dtype == torch.uint8:
-            x = normalize(x, mean, std)
+            x = normalize(x)
             if runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():

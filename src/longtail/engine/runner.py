@@ -38,6 +38,7 @@ from ..eval.metrics import EvalResult, weight_norms
 from ..eval.plots import plot_per_class_accuracy, plot_weight_norms
 from ..eval.report import format_report, write_json
 from ..models.factory import build_model
+from .concurrency import DEVICE_RNG_LOCK
 from .checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
 from .device import Runtime
 from .evaluate import evaluate_model
@@ -107,8 +108,18 @@ class Run:
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> RunContext:
         config = self.config
-        seed_everything(config.seed)
         dataset = load_dataset(config.data)
+        with DEVICE_RNG_LOCK:  # seeding and initialisation stay deterministic under concurrency
+            seed_everything(config.seed)
+            model = self._build_model(dataset)
+        ctx = RunContext(config, self.runtime, dataset, model, _to_device(dataset, self.runtime.device), self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        write_json(self.run_dir / "env.json", environment(self.runtime, self.command))
+        return ctx
+
+    def _build_model(self, dataset):
+        config = self.config
         in_channels = dataset.train.x.shape[1] if dataset.is_image else 3
         model = build_model(
             "identity" if not dataset.is_image else config.model.encoder,
@@ -120,11 +131,7 @@ class Run:
         ).to(self.runtime.device)
         if self.runtime.channels_last and dataset.is_image:
             model = model.to(memory_format=torch.channels_last)
-        ctx = RunContext(config, self.runtime, dataset, model, _to_device(dataset, self.runtime.device), self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        write_json(self.run_dir / "env.json", environment(self.runtime, self.command))
-        return ctx
+        return model
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as handle:

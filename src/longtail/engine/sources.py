@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ..data.gpu_augment import normalize
+from ..data.gpu_augment import Normalize
 from ..data.sampling import DeviceIndexDrawer, SamplingStrategy
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -44,7 +44,7 @@ class DeviceSource:
         self.steps_per_epoch = math.ceil(len(labels) / self.batch_size)
         self.augment = augment
         self.is_image = inputs.dtype == torch.uint8
-        self.mean, self.std = mean, std
+        self.normalize = Normalize(mean, std).to(labels.device) if self.is_image else None
         self.channels_last = channels_last and inputs.dim() == 4
         self.drawer = DeviceIndexDrawer(labels, num_classes, strategy, total_epochs)
         device = labels.device
@@ -71,7 +71,7 @@ class DeviceSource:
             return x
         if self.augment is not None:
             x = self.augment(x)
-        x = normalize(x, self.mean, self.std)
+        x = self.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

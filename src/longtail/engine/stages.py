@@ -83,7 +83,7 @@ class StageKind:
 
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
         if stage.head:
-            ctx.model.replace_head(make_head(stage.head, ctx.model.head, stage.head_options))
+            ctx.model.replace_head(make_head(stage.head, ctx.model.head, stage.head_options).to(ctx.runtime.device))
         frozen = stage.train == "head"
         ctx.model.encoder.requires_grad_(not frozen)
         if not frozen:
@@ -141,16 +141,24 @@ def _mixer(ctx: RunContext, spec: dict[str, Any] | None):
 class SupervisedStage(StageKind):
     """Gradient-descent training on real data: the whole network, or the head on a frozen encoder."""
 
+    def training_data(self, ctx: RunContext, stage: StageConfig, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stage's training inputs and labels (subclasses may select a subset)."""
+        inputs, labels = ctx.splits["train"]
+        return (ctx.features("train") if cached else inputs), labels
+
+    def logit_offset(self, ctx: RunContext, stage: StageConfig) -> torch.Tensor | None:
+        """A constant ``[C]`` added to the logits before the loss (e.g. −inf on excluded classes)."""
+        return None
+
     def build(self, ctx: RunContext, stage: StageConfig) -> StagePlan:
         model, runtime = ctx.model, ctx.runtime
         loss_fn = _build_loss(ctx, stage.loss)
         mixer = _mixer(ctx, stage.mixing)
-        strategy = build_sampler(**{"name": stage.sampler["name"]}, **{k: v for k, v in stage.sampler.items() if k != "name"})
+        strategy = build_sampler(stage.sampler["name"], **{k: v for k, v in stage.sampler.items() if k != "name"})
         head_only = stage.train == "head"
         cached = head_only and stage.features == "cached"
-        inputs, labels = ctx.splits["train"]
-        if cached:
-            inputs = ctx.features("train")
+        inputs, labels = self.training_data(ctx, stage, cached)
+        offset = self.logit_offset(ctx, stage)
         source = DeviceSource(
             inputs,
             labels,
@@ -173,7 +181,8 @@ class SupervisedStage(StageKind):
                     feats = encoder(x)
             else:
                 feats = encoder(x)
-            return model.head(feats), feats
+            logits = model.head(feats)
+            return (logits if offset is None else logits + offset), feats
 
         def compute_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             if mixer is not None:
@@ -221,7 +230,7 @@ class TauNormStage(StageKind):
     """
 
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
-        ctx.model.replace_head(make_head("tau_norm", ctx.model.head, {}))
+        ctx.model.replace_head(make_head("tau_norm", ctx.model.head, {}).to(ctx.runtime.device))
 
     def build(self, ctx: RunContext, stage: StageConfig) -> None:
         head: TauNormHead = ctx.model.head  # type: ignore[assignment]
@@ -257,7 +266,7 @@ class NCMStage(StageKind):
 
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
         metric = stage.options.get("metric", "cosine")
-        ctx.model.replace_head(NCMHead.build(ctx.model.head.in_dim, ctx.model.head.num_classes, metric=metric))
+        ctx.model.replace_head(NCMHead.build(ctx.model.head.in_dim, ctx.model.head.num_classes, metric=metric).to(ctx.runtime.device))
 
     def build(self, ctx: RunContext, stage: StageConfig) -> None:
         metric = stage.options.get("metric", "cosine")
@@ -295,4 +304,7 @@ class PosthocLogitAdjustStage(StageKind):
 
 
 def stage_kind(name: str) -> StageKind:
+    """An instance of the registered stage kind ``name`` (method packages register theirs)."""
+    import longtail.methods  # noqa: F401  (registers the method-specific stage kinds)
+
     return STAGE_KINDS.get(name)()

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..config import OptimizerConfig, ScheduleConfig
 from ..errors import TrainingError
+from .concurrency import DEVICE_RNG_LOCK
 from .device import Runtime
 from .schedules import factor_table
 from .sources import DeviceSource
@@ -154,17 +155,19 @@ class StageTrainer:
         """Train one epoch; return its mean loss, training accuracy and final learning rate."""
         plan = self.plan
         self.set_modes()
-        for hook in plan.hooks:
-            hook.on_epoch_start(epoch, plan.epochs)
-        plan.source.start_epoch(epoch)
         steps = plan.source.steps_per_epoch
-        self.step_index.fill_(epoch * steps)
-        self.totals.zero_()
+        with DEVICE_RNG_LOCK:
+            for hook in plan.hooks:
+                hook.on_epoch_start(epoch, plan.epochs)
+            plan.source.start_epoch(epoch)
+            self.step_index.fill_(epoch * steps)
+            self.totals.zero_()
         done = 0
         if self.graph is None and self._use_graph():
             warmup = min(3, steps)
             try:
-                self._capture(warmup)
+                with DEVICE_RNG_LOCK:
+                    self._capture(warmup)
                 done = warmup
             except RuntimeError as exc:  # capture failed: the warm-up steps stand, go on eagerly
                 self.graph = None
@@ -173,12 +176,14 @@ class StageTrainer:
                 self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
                 done = warmup
         for _ in range(done, steps):
-            if self.graph is not None:
-                self.graph.replay()
-            else:
-                self._eager_step()
-        for hook in plan.hooks:
-            hook.on_epoch_end()
+            with DEVICE_RNG_LOCK:
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._eager_step()
+        with DEVICE_RNG_LOCK:
+            for hook in plan.hooks:
+                hook.on_epoch_end()
         loss_sum, correct = self.totals.tolist()  # the one host sync of the epoch
         seen = steps * plan.source.batch_size
         if not math.isfinite(loss_sum):

@@ -1,0 +1,63 @@
+"""The reproduction harness: matrix planning, shared stage 1, resumable cells, merged results."""
+import json
+
+import pytest
+import yaml
+
+import longtail.engine.runner as runner
+from longtail.bench import reproduce
+from tests.test_engine import tiny_dataset
+
+SMALL = ["stages.0.epochs=2", "stages.0.batch_size=16", "stages.0.schedule.milestones=[]", "model.encoder=resnet20",
+         "engine.checkpoint_every=0"]
+
+
+@pytest.fixture
+def spec_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", tiny_dataset)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "paper_numbers.yaml").write_text(yaml.safe_dump([
+        {"source": {"seed": "003.txt", "paper": "LADC", "table": "Table 2"}, "dataset": "cifar10-lt",
+         "imbalance_factors": [100], "rows": {"ce": {"row": "Cross-entropy training", "top1": [70.14]}}}
+    ]))
+    for method in ("ce", "crt", "lws"):
+        (tmp_path / f"{method}.yaml").write_text(f"method: {method}\n")
+    spec = {"name": "tiny", "dataset": "cifar10-lt", "data": {100: {"imbalance_factor": 100}}, "seeds": [0, 1],
+            "methods": {"ce": "ce.yaml", "crt": {"config": "crt.yaml", "overrides": ["stages.1.epochs=2"]},
+                        "lws": {"config": "lws.yaml", "overrides": ["stages.1.epochs=2"]}}, "overrides": SMALL}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_decoupled_methods_share_the_stage1_of_the_single_stage_method(spec_file):
+    spec = reproduce.load_spec(spec_file)
+    jobs = reproduce.plan_jobs(spec, spec_file.parent / "runs")
+    assert len(jobs) == 6  # no extra stage-1 runs: ce provides them
+    by = {(j.method, j.seed): j for j in jobs}
+    assert by[("crt", 0)].shared_stage1 is by[("ce", 0)] and by[("lws", 1)].shared_stage1 is by[("ce", 1)]
+    assert by[("crt", 0)].shared_stage1 is not by[("ce", 1)]
+
+
+def test_matrix_runs_writes_cells_and_merges_parts(spec_file, tmp_path):
+    assert reproduce.main([str(spec_file), "--methods", "ce", "crt", "--runs", "runs"]) == 0
+    record = json.loads((tmp_path / "benchmarks" / "results" / "tiny.json").read_text())
+    cells = {c["method"]: c for c in record["cells"]}
+    assert set(cells) == {"ce", "crt"}
+    ce = cells["ce"]
+    for key in ("dataset", "imbalance_factor", "method", "seeds", "top1", "top1_mean", "top1_std", "many", "medium", "few",
+                "device", "commit", "command", "seconds"):
+        assert key in ce, key
+    assert ce["seeds"] == [0, 1] and len(ce["top1"]) == 2
+    assert ce["paper"][0]["value"] == 70.14 and ce["paper"][0]["table"] == "Table 2"
+    crt_run = json.loads((tmp_path / cells["crt"]["run_dirs"][0] / "results.json").read_text())
+    assert crt_run["timings"][0]["init_from"].endswith("ce/seed0/stage0_stage1.pt")
+    markdown = (tmp_path / "benchmarks" / "results" / "tiny.md").read_text()
+    assert "70.14 (LADC Table 2, row 'Cross-entropy training')" in markdown
+    # a second part adds lws; the finished ce runs are reused, not retrained
+    mtime = (tmp_path / ce["run_dirs"][0] / "results.json").stat().st_mtime
+    assert reproduce.main([str(spec_file), "--methods", "lws", "--runs", "runs"]) == 0
+    record = json.loads((tmp_path / "benchmarks" / "results" / "tiny.json").read_text())
+    assert {c["method"] for c in record["cells"]} == {"ce", "crt", "lws"} and len(record["parts"]) == 2
+    assert (tmp_path / ce["run_dirs"][0] / "results.json").stat().st_mtime == mtime
