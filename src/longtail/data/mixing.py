@@ -1,0 +1,118 @@
+"""Batch mixing: mixup (Zhang et al. 2018) and Remix (Chou et al. 2020).
+
+Both mix each sample with a partner chosen by a random permutation of the batch and return
+a :class:`MixedBatch`; :func:`mixed_loss` turns it into the loss
+``loss(z, y_a; w=lam) + loss(z, y_b; w=1−lam)``. Everything runs on the inputs' device
+with no host sync (CUDA-graph capturable); λ ~ Beta(α, α) is drawn as
+G_a / (G_a + G_b) with G ~ Gamma(α) from ``torch._standard_gamma`` (torch's device RNG,
+or ``generator``).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+from ..losses.base import Loss
+
+
+class MixedBatch(NamedTuple):
+    """Mixed inputs ``x``; targets ``y_a`` (the samples' own) and ``y_b`` (their partners');
+    ``lam`` ``[B]``: the weight of ``y_a`` in each sample's label (``1 − lam`` for ``y_b``)."""
+
+    x: torch.Tensor
+    y_a: torch.Tensor
+    y_b: torch.Tensor
+    lam: torch.Tensor
+
+
+def _beta(alpha: float, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``n`` draws of Beta(α, α) (float32) as the ratio of two Gamma(α) draws."""
+    gamma = torch._standard_gamma(torch.full((n, 2), float(alpha), device=device), generator=generator)
+    return gamma[:, 0] / (gamma[:, 0] + gamma[:, 1]).clamp_min(torch.finfo(gamma.dtype).tiny)
+
+
+def _mix(
+    x: torch.Tensor, alpha: float, per_sample: bool, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixed inputs λ·x + (1−λ)·x[perm], the permutation and λ ``[B]``."""
+    if not x.is_floating_point():
+        raise TypeError(f"mixing needs floating-point inputs, got {x.dtype}; normalize the images first")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}; to train without mixing, do not call it")
+    batch = x.shape[0]
+    perm = torch.randperm(batch, generator=generator, device=x.device)
+    lam = _beta(alpha, batch if per_sample else 1, generator, x.device).expand(batch)
+    weight = lam.to(x.dtype).view(batch, *([1] * (x.ndim - 1)))
+    return weight * x + (1 - weight) * x[perm], perm, lam
+
+
+def mixup(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float = 1.0,
+    per_sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> MixedBatch:
+    """mixup (Zhang et al. 2018, "mixup: beyond empirical risk minimization"):
+    x̃ = λ·x_i + (1−λ)·x_j, ỹ = λ·y_i + (1−λ)·y_j, λ ~ Beta(α, α), j = perm(i).
+
+    As in the reference code, one λ per batch (``per_sample=True``: one per sample) and
+    the partner is a random permutation of the batch; α = 1 is the reference CIFAR default.
+    ``lam`` is returned as a ``[B]`` tensor.
+    """
+    mixed, perm, lam = _mix(x, alpha, per_sample, generator)
+    return MixedBatch(mixed, y, y[perm], lam)
+
+
+def remix_label_weight(
+    lam_x: torch.Tensor, n_a: torch.Tensor, n_b: torch.Tensor, kappa: float = 3.0, tau: float = 0.5
+) -> torch.Tensor:
+    """Remix's label weight λ_y of y_a (Chou et al. 2020, Sec. 3):
+
+        λ_y = 0    if n_a/n_b ≥ κ   and λ_x < τ
+        λ_y = 1    if n_a/n_b ≤ 1/κ and 1 − λ_x < τ
+        λ_y = λ_x  otherwise
+
+    n_a, n_b: training counts of the classes of x_a and x_b; λ_x: weight of x_a in the
+    mixed image. When the majority image contributes less than τ of the pixels, the label
+    goes entirely to the minority class. The ratio tests are evaluated as n_a ≥ κ·n_b and
+    κ·n_a ≤ n_b (the same for positive counts, and exact in floating point).
+    """
+    n_a, n_b = n_a.to(lam_x.dtype), n_b.to(lam_x.dtype)
+    to_b = (n_a >= kappa * n_b) & (lam_x < tau)
+    to_a = (kappa * n_a <= n_b) & (1 - lam_x < tau)
+    return torch.where(to_b, 0.0, torch.where(to_a, 1.0, lam_x))
+
+
+def remix(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    class_counts: torch.Tensor | Sequence[int],
+    alpha: float = 1.0,
+    kappa: float = 3.0,
+    tau: float = 0.5,
+    per_sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> MixedBatch:
+    """Remix (Chou et al. 2020, "Remix: rebalanced mixup"): inputs mixed as in
+    :func:`mixup` with λ_x ~ Beta(α, α), labels weighted by :func:`remix_label_weight`
+    (paper defaults κ = 3, τ = 0.5, α = 1).
+
+    ``class_counts``: training count per class; pass a tensor on ``x``'s device (e.g. a
+    module buffer) inside captured CUDA graphs — a list is copied to the device each call.
+    """
+    if kappa < 1:
+        raise ValueError(f"Remix kappa must be >= 1 (a class-count ratio), got {kappa}")
+    counts = torch.as_tensor(class_counts, device=x.device)
+    mixed, perm, lam_x = _mix(x, alpha, per_sample, generator)
+    y_b = y[perm]
+    lam = remix_label_weight(lam_x, counts[y], counts[y_b], kappa, tau)
+    return MixedBatch(mixed, y, y_b, lam)
+
+
+def mixed_loss(loss_fn: Loss, logits: torch.Tensor, batch: MixedBatch) -> torch.Tensor:
+    """``loss_fn(logits, y_a, sample_weight=lam) + loss_fn(logits, y_b, sample_weight=1 − lam)``:
+    the mixup objective λ·ℓ(z, y_a) + (1−λ)·ℓ(z, y_b), per sample, averaged over the batch."""
+    lam = batch.lam.to(logits.dtype)
+    return loss_fn(logits, batch.y_a, sample_weight=lam) + loss_fn(logits, batch.y_b, sample_weight=1 - lam)
