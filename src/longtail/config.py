@@ -77,7 +77,6 @@ class StageConfig:
     head: str | None = None  # re-initialise the head as this kind before the stage (e.g. linear, lws)
     head_options: dict[str, Any] = field(default_factory=dict)
     features: str = "cached"  # frozen-encoder stages: cached (no augmentation) | online
-    classes: str = "all"  # all | head_half (BWLM stage 1)
     loss: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "instance"})
     augment: str = "crop_flip"  # crop_flip | none | randaugment | autoaugment

@@ -161,12 +161,11 @@ class Run:
         resume = load_checkpoint(self.run_dir / "checkpoint.pt") if (self.run_dir / "checkpoint.pt").exists() else None
         timings: list[dict[str, Any]] = []
         best_val: tuple[float, dict[str, torch.Tensor]] | None = None
-        last_training_stage = max(
-            (i for i, s in enumerate(config.stages) if stage_kind(s.kind).__class__.__name__ == "SupervisedStage"),
-            default=-1,
-        )
-        for index, stage in enumerate(config.stages):
-            kind = stage_kind(stage.kind)
+        kinds = [stage_kind(s.kind) for s in config.stages]
+        for kind, stage in zip(kinds, config.stages):
+            kind.check(ctx, stage)  # fail before stage 1 trains, not after
+        last_training_stage = max((i for i, k in enumerate(kinds) if k.trains), default=-1)
+        for index, (stage, kind) in enumerate(zip(config.stages, kinds)):
             kind.prepare(ctx, stage)
             if resume is not None and index < resume["stage"]:
                 continue  # finished before the interruption; its weights come with the checkpoint

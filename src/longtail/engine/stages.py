@@ -79,7 +79,16 @@ class RunContext:
 
 
 class StageKind:
-    """Base: a stage kind changes the model in ``prepare`` and trains it through ``build``."""
+    """Base: a stage kind changes the model in ``prepare`` and trains it through ``build``.
+
+    ``trains``: whether ``build`` returns a plan trained by gradient descent (post-hoc kinds say
+    False). ``check(ctx, stage)`` validates the stage against the run before any stage trains.
+    """
+
+    trains: bool = True
+
+    def check(self, ctx: RunContext, stage: StageConfig) -> None:
+        """Raise a ConfigError naming the fix if the stage cannot run on this run's data."""
 
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
         if stage.head:
@@ -229,6 +238,8 @@ class TauNormStage(StageKind):
     tau this is an error: tau is never chosen on the test set.
     """
 
+    trains = False
+
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
         ctx.model.replace_head(make_head("tau_norm", ctx.model.head, {}).to(ctx.runtime.device))
 
@@ -264,6 +275,8 @@ def _set_tau_and_score(head: TauNormHead, tau: float, feats: torch.Tensor, label
 class NCMStage(StageKind):
     """Nearest class mean classifier on the frozen encoder's features (Kang et al. 2020)."""
 
+    trains = False
+
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
         metric = stage.options.get("metric", "cosine")
         ctx.model.replace_head(NCMHead.build(ctx.model.head.in_dim, ctx.model.head.num_classes, metric=metric).to(ctx.runtime.device))
@@ -294,6 +307,8 @@ class PosthocAdjustedHead(Head):
 @STAGE_KINDS.register("posthoc_logit_adjust")
 class PosthocLogitAdjustStage(StageKind):
     """Post-hoc logit adjustment of the trained model (Menon et al. 2021), ``options.tau`` (1.0)."""
+
+    trains = False
 
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
         tau = float(stage.options.get("tau", 1.0))

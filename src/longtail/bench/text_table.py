@@ -1,0 +1,203 @@
+"""``python -m longtail.bench.text_table``: the 20 Newsgroups-LT table on the CPU.
+
+Runs the five text configs (``configs/newsgroups_lt/{ce,cb,lws,balanced_softmax,ladc}.yaml``) for
+each seed (default 0, 1, 2; the long-tailed subset itself is fixed by ``data.selection_seed: 0``,
+the seed changes initialisation and sampling), and writes ``benchmarks/results/newsgroups_lt.json``
+and ``.md``: top-1 mean ± sample std over the seeds, many / medium / few (train count > 100 /
+20–100 / < 20), the command, commit, device and seconds.
+
+The LADC paper's text experiment (its Table 5) is on THUCNews-LT — Chinese news, 10 classes,
+backbones trained on the text — a different dataset and setting: its numbers are not comparable
+with this table and are not put beside it.
+
+The embeddings are computed once (minutes on a CPU) and cached in ``.data/embeddings``; every run
+after that takes seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..config import load_config
+from ..engine import runner
+from ..engine.runner import environment, git_commit, run_config
+from ..engine.device import Runtime
+from ..eval.report import write_json
+
+CONFIG_DIR = Path("configs/newsgroups_lt")
+METHODS = {
+    "ce": "CE, linear classifier on the features (instance sampling)",
+    "cb": "CB loss (softmax CE weighted by effective number, beta 0.9999)",
+    "lws": "CE classifier + LWS (per-class scale, class-balanced sampling)",
+    "balanced_softmax": "Balanced Softmax (CE on z + log n)",
+    "ladc": "CE classifier + LADC stage 2 (calibrated tail features, LWS-Plus)",
+}
+NAME = "newsgroups_lt"
+NOT_COMPARABLE = (
+    "The LADC paper's text results (Table 5) are on THUCNews-LT (Chinese news, 10 classes, IF 100, "
+    "TextCNN/TextRNN/Transformer trained on the text): a different dataset and setting, so its numbers "
+    "are not comparable with this table and are not listed here."
+)
+
+
+@contextlib.contextmanager
+def newsgroups_loader() -> Iterator[None]:
+    """Let ``data.dataset: newsgroups`` load while ``longtail.data.factory`` does not know it yet.
+
+    A bridge: once the factory has the ``newsgroups`` entry this does nothing."""
+    from ..data import factory
+    from ..data.text import newsgroups_from_config
+
+    if "newsgroups" in factory.DATASETS:
+        yield
+        return
+    original = runner.load_dataset
+
+    def load(config):
+        return newsgroups_from_config(config) if config.dataset == "newsgroups" else original(config)
+
+    runner.load_dataset = load
+    try:
+        yield
+    finally:
+        runner.load_dataset = original
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method: mean ± std of top-1 and of the many/medium/few groups over its seeds."""
+    rows = []
+    for method, runs in results.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        row: dict[str, Any] = {"method": method, "description": METHODS.get(method, ""), "seeds": [r["seed"] for r in runs]}
+        for key in ("top1", "many", "medium", "few"):
+            values = [r["test"][key] for r in runs]
+            row[key], row[f"{key}_std"] = _mean_std(values)
+            if key == "top1":
+                row["top1_per_seed"] = values
+        row["group_sizes"] = runs[0]["test"]["group_sizes"]
+        row["seconds_per_seed"] = [r["seconds"] for r in runs]
+        row["stage_options"] = runs[0].get("stage_options")
+        rows.append(row)
+    return rows
+
+
+def markdown(record: dict[str, Any]) -> str:
+    fmt = lambda m, s: f"{m:.2f} ± {s:.2f}"  # noqa: E731
+    data = record["dataset"]
+    lines = [
+        "# 20 Newsgroups-LT (IF 100) on frozen all-MiniLM-L6-v2 embeddings",
+        "",
+        f"Ours: mean ± sample std over seeds {record['seeds']}, top-1 % on the full bydate test split "
+        f"({data['test_size']} posts), model after the last epoch. Training posts per class (class 0 "
+        f"= {data['class_names'][0]}): {data['class_counts']} ({data['train_size']} in all); groups: "
+        "many > 100, medium 20–100, few < 20 training posts.",
+        "",
+        "| method | what | top-1 | many | medium | few | s / run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['description']} | {fmt(r['top1'], r['top1_std'])} | {fmt(r['many'], r['many_std'])} | "
+            f"{fmt(r['medium'], r['medium_std'])} | {fmt(r['few'], r['few_std'])} | "
+            f"{statistics.mean(r['seconds_per_seed']):.1f} |"
+        )
+    lines += [
+        "",
+        f"Data: {data['description']}",
+        f"Embedder: {data['embedder']}. Dataset preparation in this run: {record['dataset_seconds']:.1f} s "
+        "(embeddings are cached in .data/embeddings; the first preparation embeds the texts, minutes on a CPU).",
+        "",
+        NOT_COMPARABLE,
+        "",
+        f"Command: `{record['command']}` — commit {record['commit']}, device {record['device']}, "
+        f"{record['wall_seconds']:.0f} s wall, {record['started']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m longtail.bench.text_table", description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--configs", default=str(CONFIG_DIR), help="folder of the newsgroups_lt configs")
+    parser.add_argument("--runs", default="runs/newsgroups_lt", help="folder of the run folders")
+    parser.add_argument("--results", default="benchmarks/results", help="folder of the results JSON/Markdown")
+    parser.add_argument("--resume", action="store_true", help="reuse finished run folders instead of re-running")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override for every run")
+    args = parser.parse_args(argv)
+    command = "python -m longtail.bench.text_table " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started, start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
+    config_dir = Path(args.configs)
+    common = ["engine.device=cpu", "engine.progress=false", f"output_dir={args.runs}", *args.overrides]
+    results: dict[str, list[dict[str, Any]]] = {}
+    with newsgroups_loader():
+        first = load_config(config_dir / f"{args.methods[0]}.yaml", common)
+        t0 = time.perf_counter()
+        dataset = runner.load_dataset(first.data)  # embeds (or reads the cache) once, before timing runs
+        dataset_seconds = time.perf_counter() - t0
+        for method in args.methods:
+            for seed in args.seeds:
+                config = load_config(config_dir / f"{method}.yaml", [*common, f"seed={seed}", f"name={method}"])
+                result = run_config(config, command=command, fresh=not args.resume)
+                results.setdefault(method, []).append(result)
+                print(f"{method} seed {seed}: top-1 {result['test']['top1']:.2f} "
+                      f"(many {result['test']['many']:.1f}, medium {result['test']['medium']:.1f}, "
+                      f"few {result['test']['few']:.1f}) {result['seconds']:.1f} s", flush=True)
+    runtime = Runtime.resolve(first.engine)
+    counts = dataset.class_counts.tolist()
+    record = {
+        "name": NAME,
+        "seeds": args.seeds,
+        "rows": aggregate(results),
+        "dataset": {
+            "name": dataset.name,
+            "class_names": dataset.class_names,
+            "class_counts": counts,
+            "train_size": int(sum(counts)),
+            "test_size": int(len(dataset.test)),
+            "embedder": dataset.meta.get("embedder"),
+            "meta": dataset.meta,
+            "description": (
+                "20news-bydate; headers, footers and quotes removed (scikit-learn's rules); classes relabelled "
+                "largest first by bydate training count; exponential profile n_c = int(600·0.01^(c/19)); "
+                "seeded shuffle selection (seed 0); full bydate test split."
+            ),
+        },
+        "dataset_seconds": dataset_seconds,
+        "not_comparable": NOT_COMPARABLE,
+        "command": command,
+        "commit": git_commit(),
+        "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                  f"{torch.get_num_threads()} torch threads)",
+        "wall_seconds": time.perf_counter() - start,
+        "started": started,
+        "env": environment(runtime, command),
+    }
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{NAME}.json", record)
+    (out / f"{NAME}.md").write_text(markdown(record))
+    print(markdown(record))
+    print(f"wrote {out / (NAME + '.json')} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

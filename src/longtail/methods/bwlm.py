@@ -1,0 +1,193 @@
+"""BWLM's two stage kinds (seed 004): weights transfer on the head classes, then a review.
+
+Fan, Ma, Liu, Yuan, "BWLM: A Balanced Weight Learning Mechanism for Long-Tailed Image
+Recognition", Appl. Sci. 14(1):454, 2024, Secs. 3.2-3.3 and 4.2.
+
+- ``bwlm_head_classes`` (stage 1, "weights transfer", Eq. 3): the whole network trained with
+  CE on D_stage1 = sum_{j<=m} D_j, the m = C // 2 largest classes only
+  (:func:`longtail.losses.bfs.bwlm_head_classes`). The head keeps its C outputs; the logits of
+  the other classes get a constant offset of ``EXCLUDED_LOGIT_OFFSET`` (-1e4) before the loss,
+  so the softmax (and CE) runs over the m head logits alone: exp(-1e4 + z) underflows to exactly
+  0 in fp32 and bf16, the excluded rows of W get exactly zero loss gradient (weight decay still
+  shrinks them; stage 2 replaces the head anyway). Why -1e4 and not -inf: -inf turns into NaN
+  in any loss that multiplies a log-probability by a zero weight (label smoothing, sigmoid
+  losses, mixing) and in ``0 * -inf`` inside autograd; -1e4 is finite and exact in bf16
+  (max ~3.4e38) and in fp16 (max 65504), where e.g. -1e9 would overflow fp16 to -inf.
+- ``bwlm_review`` (stage 2, Eq. 4): a frozen encoder, a new FC layer (recipes say
+  ``head: linear``) trained on the data-balanced review set D^ of Eq. (2): each of the m head
+  classes subsampled without replacement to n_{m+1} (the size of the largest tail class), the
+  tail classes kept whole (:func:`longtail.losses.bfs.review_set_indices`). The loss is the
+  stage's (BFS for BWLM; CE, CB-focal, BS for the ablation rows), the classifier's weight
+  decay lambda of Eq. (14)-(17) the stage's ``optimizer.weight_decay``.
+
+Decisions on what the paper leaves open (each a stage option, ``stages.N.options.NAME``):
+
+- ``num_head_classes`` (both kinds): m; default C // 2 (``m = C/2``, floor for odd C). Ties in
+  class size are broken by class id, largest first.
+- ``review_seed`` (``bwlm_review``): seed of the head-class subsampling; default: the run's seed
+  (``seed``), so the review set varies across seeds like the rest of the run's randomness and is
+  reproducible for a given seed (numpy ``default_rng(review_seed)``, classes drawn in rank order).
+- ``resample_each_epoch`` (``bwlm_review``, default false): the paper defines D^ once (Eq. 2,
+  "minimizing the loss throughout the entire training set D^"), so the default is one fixed
+  review set. ``true`` (ours) re-draws the head-class subsample at the start of every epoch
+  (epoch 0 uses the fixed set; epoch e >= 1 a seed derived from (review_seed, e)); shapes and
+  the label vector stay fixed, the new images/features are copied in place (graph-safe).
+- ``loss_counts`` (``bwlm_review``): the n_j that class-count losses (CB, BS, BFS) use.
+  ``"full"`` (default): the counts of the whole long-tailed training set D, which is how the
+  paper's notation reads (n_j is defined once, in Sec. 3.1, as the size of class j of D, and
+  Eq. (5) calls it "the total sample size contained in class j"). ``"review"``: the counts of
+  D^ itself (head classes all at n_{m+1}), the prior of the data stage 2 actually sees.
+- Stage 2 reads cached encoder features (no augmentation; the paper does not mention any in
+  stage 2); ``features: online`` with ``augment: crop_flip`` re-runs the frozen encoder on
+  augmented images instead. The training schedule and the weight-decay values are recipe
+  matters: see ``src/longtail/recipes/bwlm.yaml``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import StageConfig
+from ..engine.stages import STAGE_KINDS, RunContext, SupervisedStage
+from ..engine.trainer import StagePlan
+from ..errors import ConfigError
+from ..losses.bfs import bwlm_head_classes, review_set_indices
+from ..registry import closest
+
+EXCLUDED_LOGIT_OFFSET = -1.0e4
+LOSS_COUNTS = ("full", "review")
+
+HEAD_CLASSES_OPTIONS = ("num_head_classes", "init_from", "head_classes_used")
+REVIEW_OPTIONS = (
+    "num_head_classes",
+    "review_seed",
+    "resample_each_epoch",
+    "loss_counts",
+    "init_from",
+    "review_seed_used",
+    "review_class_counts",
+)
+
+
+def _check_options(stage: StageConfig, valid: tuple[str, ...]) -> None:
+    for key in stage.options:
+        if key not in valid:
+            raise ConfigError(
+                f"stage {stage.name!r} ({stage.kind}): unknown option {key!r}{closest(key, valid)}; "
+                f"valid: {', '.join(v for v in valid if not v.endswith('_used') and v != 'review_class_counts')}"
+            )
+
+
+def _num_head_classes(stage: StageConfig) -> int | None:
+    value = stage.options.get("num_head_classes")
+    return None if value is None else int(value)
+
+
+@STAGE_KINDS.register("bwlm_head_classes")
+class BWLMHeadClassesStage(SupervisedStage):
+    """BWLM stage 1: train on the m = C // 2 largest classes only, CE over their logits."""
+
+    def head_classes(self, ctx: RunContext, stage: StageConfig) -> np.ndarray:
+        _check_options(stage, HEAD_CLASSES_OPTIONS)
+        head = bwlm_head_classes(ctx.class_counts, _num_head_classes(stage))
+        stage.options["head_classes_used"] = sorted(int(c) for c in head)
+        return head
+
+    def training_data(self, ctx: RunContext, stage: StageConfig, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels = super().training_data(ctx, stage, cached)
+        head = torch.as_tensor(self.head_classes(ctx, stage), device=labels.device)
+        keep = torch.isin(labels, head).nonzero().squeeze(1)  # build time: a host sync is fine
+        return inputs.index_select(0, keep), labels.index_select(0, keep)
+
+    def logit_offset(self, ctx: RunContext, stage: StageConfig) -> torch.Tensor:
+        num_classes = ctx.dataset.num_classes
+        offset = torch.full((num_classes,), EXCLUDED_LOGIT_OFFSET, device=ctx.runtime.device)
+        head = torch.as_tensor(self.head_classes(ctx, stage), device=ctx.runtime.device)
+        return offset.index_fill_(0, head, 0.0)
+
+
+class ResamplingSource:
+    """Wraps a :class:`DeviceSource` whose inputs are re-drawn in place at every epoch start.
+
+    ``draw(epoch)`` gives the epoch's indices into ``full_inputs`` (same length, same label
+    sequence every epoch); they are gathered into the wrapped source's own input buffer, so a
+    captured CUDA graph keeps reading the right memory.
+    """
+
+    def __init__(self, source, full_inputs: torch.Tensor, draw: Callable[[int], torch.Tensor]):
+        self.source, self.full_inputs, self.draw = source, full_inputs, draw
+
+    def start_epoch(self, epoch: int) -> None:
+        index = self.draw(epoch)
+        torch.index_select(self.full_inputs, 0, index, out=self.source.inputs)
+        self.source.start_epoch(epoch)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source.next()
+
+    def __getattr__(self, name: str) -> Any:  # steps_per_epoch, batch_size, labels, ...
+        return getattr(self.source, name)
+
+
+def _epoch_seed(review_seed: int, epoch: int) -> int:
+    if epoch == 0:
+        return review_seed
+    return int(np.random.SeedSequence([review_seed, epoch]).generate_state(1)[0])
+
+
+@STAGE_KINDS.register("bwlm_review")
+class BWLMReviewStage(SupervisedStage):
+    """BWLM stage 2: the classifier trained on the data-balanced review set D^ (Eq. 2)."""
+
+    def review_indices(self, ctx: RunContext, stage: StageConfig, epoch: int = 0) -> np.ndarray:
+        """Indices into the training split of D^, grouped by class (the label sequence is fixed)."""
+        labels = ctx.splits["train"][1].cpu().numpy()
+        seed = int(stage.options.get("review_seed", ctx.config.seed))
+        counts = np.bincount(labels, minlength=ctx.dataset.num_classes)  # D's counts, always
+        index = review_set_indices(labels, counts, _num_head_classes(stage), seed=_epoch_seed(seed, epoch))
+        return index[np.argsort(labels[index], kind="stable")]
+
+    def training_data(self, ctx: RunContext, stage: StageConfig, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_options(stage, REVIEW_OPTIONS)
+        inputs, labels = super().training_data(ctx, stage, cached)
+        index = self.review_indices(ctx, stage)
+        counts = np.bincount(ctx.splits["train"][1].cpu().numpy()[index], minlength=ctx.dataset.num_classes)
+        stage.options["review_seed_used"] = int(stage.options.get("review_seed", ctx.config.seed))
+        stage.options["review_class_counts"] = counts.tolist()
+        self._full_inputs = inputs
+        device_index = torch.as_tensor(index, device=labels.device)
+        return inputs.index_select(0, device_index), labels.index_select(0, device_index)
+
+    def build(self, ctx: RunContext, stage: StageConfig) -> StagePlan:
+        _check_options(stage, REVIEW_OPTIONS)
+        mode = stage.options.get("loss_counts", "full")
+        if mode not in LOSS_COUNTS:
+            raise ConfigError(
+                f"stage {stage.name!r}: options.loss_counts {mode!r}{closest(str(mode), LOSS_COUNTS)} "
+                f"is not one of {', '.join(LOSS_COUNTS)}"
+            )
+        if mode == "review":
+            # The loss is built inside SupervisedStage.build from ctx.class_counts: hand it D^'s
+            # counts for the duration of the build (evaluation keeps the full counts).
+            saved = ctx.class_counts
+            labels = ctx.splits["train"][1].cpu().numpy()
+            ctx.class_counts = np.bincount(labels[self.review_indices(ctx, stage)], minlength=ctx.dataset.num_classes)
+            try:
+                plan = super().build(ctx, stage)
+            finally:
+                ctx.class_counts = saved
+        else:
+            plan = super().build(ctx, stage)
+        if stage.options.get("resample_each_epoch", False):
+            full, device = self._full_inputs, self._full_inputs.device
+
+            def draw(epoch: int) -> torch.Tensor:
+                return torch.as_tensor(self.review_indices(ctx, stage, epoch), device=device)
+
+            plan.source = ResamplingSource(plan.source, full, draw)
+        return plan
+
+
+__all__ = ["BWLMHeadClassesStage", "BWLMReviewStage", "ResamplingSource", "EXCLUDED_LOGIT_OFFSET"]

@@ -1,0 +1,630 @@
+"""GLAG (seed 001): Gradual Balanced Loss in stage 1, Adaptive Feature Generator in stage 2.
+
+Zhang & Xiang, "Long-Tailed Classification with Gradual Balanced Loss and Adaptive Feature
+Generation". Stage 1 is a ``supervised`` stage with the registered loss ``graloss``
+(:mod:`longtail.losses.gradual`, Eqs. 3-4; recipes ``graloss``, ``graloss_crt``, ``graloss_lws``,
+``glag*``). Stage 2 is the stage kind ``glag_afg`` defined here (Sec. 4.2, Eqs. 5-11):
+
+* the encoder is frozen; the head is an LWS head wrapping the stage-1 linear head (Fig. 2);
+* real training features are extracted once (the encoder does not change), Tukey-transformed
+  (x -> x^lambda, lambda = 0.5) and summarised per class (mean, unbiased covariance; Eqs. 5-6);
+* every epoch, each real feature x_i of a tail class is given a calibrated Gaussian
+  (Eqs. 7-10, :func:`~longtail.features.calibration.glag_calibrate`)::
+
+      S     = the K nearest (||x_i - mu_j||) classes with more training samples than y_i
+      w_j   = n_j / d_ij
+      mu_i' = (1 - beta_y) x_i + beta_y sum_S w_j mu_j / sum_S w_j
+      Sig_i'= (1 - beta_y)^2 Sigma_y + beta_y^2 sum_S w_j Sigma_j / sum_S w_j + gamma I
+
+  and features are drawn from it on the device, in row chunks, with jittered Cholesky factors
+  (:func:`~longtail.features.gaussian.sample_gaussians`: matrices that are not positive
+  definite get ``jitter * 10^t * trace(Sigma)/D * I`` added, t = 0, 1, ..., ``max_tries`` - 1);
+* the epoch's training set is balanced: every class gets ``target`` features (default the
+  largest class count). A tail class keeps all its real features and is filled up with
+  generated ones; a head class keeps its real features and is filled up by re-drawing its own
+  real features (with replacement). Real and generated features are shuffled together;
+* loss (Eq. 11): ``CE(z, y) + alpha(T) * KD(stage-1 head -> LWS head)`` on head-class samples,
+  alpha(T) = s (c^{T/T_max} - 1) over the stage-2 epochs (the GraLoss schedule, s = 1, c = 2);
+* beta (per tail class, initialised at 0.6) is adapted after every epoch from the per-class
+  accuracy on the validation split (never the test set):
+  ``beta_c <- clip(beta_c + step * sign(acc_c(now) - acc_c(previous)), 0, 1)``, step 0.05
+  (:func:`~longtail.features.calibration.adapt_beta`). The first comparison is against the
+  accuracy of the model at the start of stage 2 (the stage-1 model: LWS scales start at 1).
+
+Stage-1 recipes (``src/longtail/recipes``): the paper gives SGD 0.9, wd 5e-4, cosine, ResNet-32
+and "the augmentation of [22]" (crop + flip in BALMS' CIFAR code) but no CIFAR epochs, lr or
+batch size: we use 200 epochs, bs 128, lr 0.1, 5 warm-up epochs. Table 6's GraLoss + cRT / LWS
+(``graloss_crt``, ``graloss_lws``) replace only the loss of the cRT / LWS stage 1 ("we simply
+replace the original cross-entropy"); any recipe takes ``stages.0.loss={name: graloss}``.
+
+Decisions where the paper is silent or ambiguous (each a named option of ``glag_afg``,
+``stages.N.options.<name>``):
+
+* ``head_split`` (default ``"fraction"``, ``head_fraction`` 0.6): the paper never defines its
+  head classes. We use LADC's rule (GLAG builds on LADC): the most frequent classes that together
+  hold 60% of the training images (CIFAR-10-LT IF 100: 2 head classes; CIFAR-100-LT IF 100: 20).
+  ``"many"``: train count > ``eval.many_threshold`` (100); ``"count"``: the ``num_head`` largest.
+* Tukey space: Eqs. 5-6 write the statistics on untransformed features while Eqs. 7-8 mix them
+  with transformed ones. We compute statistics, calibration and sampling all in the transformed
+  space (``tukey_lambda``, default 0.5; 1 switches the transform off) and map generated features
+  back with the inverse transform, ``max(u, 0)^(1/lambda)`` (``exp(u) - 1e-6`` for lambda = 0,
+  clamped at 0), so that the head is trained and tested on the encoder's own feature space and
+  the model needs no extra layer at test time.
+* Sample counts (``target``, default ``"max"``): "up to the head-class count" = the largest
+  class count; an integer gives every class that many features (head classes larger than it are
+  subsampled each epoch). The gap ``target - n_c`` of tail class c is spread evenly over its real
+  features (each gets ``gap // n_c``, a random ``gap % n_c`` of them one more).
+* "Mixed up with real training samples" = generated and real features are concatenated and
+  shuffled into the same batches (not mixup).
+* KD (``kd_on``, default ``"samples"``): the KD term of Eq. 11 on samples whose label is a head
+  class, over all classes' logits, averaged over the batch (tail samples contribute 0): this is
+  what pushes the head/tail boundary back for head classes. ``"logits"``: on every sample, both
+  distributions restricted to the head-class logits (renormalised). Temperature
+  ``kd_temperature`` = 2 (not given in the paper). The teacher is the frozen stage-1 linear head
+  (the base of the LWS head) on the same features. ``kd: false`` drops the term (Table 7 "no KD").
+* alpha(T) of Eq. 11 (``kd_alpha``): "set the same as in GraLoss": s = 1, c = 2, convex, T the
+  0-based stage-2 epoch, T_max = the stage's epochs.
+* beta: ``beta_init`` 0.6 (implementation details; the ablation text says 0.4),
+  ``beta_step`` 0.05, ``beta_bounds`` [0, 1], ``beta_tolerance`` 0 (accuracy changes of at most
+  this much count as no change); ``adaptive_beta: false`` keeps beta fixed (the paper's "set beta
+  to a certain number"; it then needs no validation split).
+* Calibration options: ``k`` 2 (the paper uses 2 or 3), ``gamma`` 0 (0 or 0.1), ``dispersion``
+  ``"identity"`` (gamma I), ``own_covariance`` ``"class"`` (Sigma_i = covariance of x_i's class).
+* Generation cost: one D x D covariance per tail feature; rows are processed in chunks of
+  ``chunk_elements // D^2`` (default 2^26 elements) per calibration/Cholesky call.
+
+Recorded in ``stage.options`` (and so in ``results.json`` and the checkpoints, from which a
+resumed run continues): ``head_classes``, ``target_count``, ``num_generated``,
+``beta_history`` (beta of every class before the first epoch and after each epoch's update),
+``val_balanced_acc_history`` (mean per-class validation accuracy after each epoch),
+``tail_val_acc_history`` (the same over tail classes) and ``val_acc_last``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import StageConfig
+from ..data.sampling import build_sampler
+from ..engine.sources import DeviceSource
+from ..engine.stages import STAGE_KINDS, RunContext, StageKind
+from ..engine.trainer import StagePlan
+from ..errors import ConfigError, DataError
+from ..features.calibration import adapt_beta, glag_calibrate, head_tail_split, init_beta
+from ..features.gaussian import sample_gaussians
+from ..features.statistics import ClassStatistics, tukey_transform
+from ..losses import build_loss
+from ..losses.distillation import DistillationLoss
+from ..losses.gradual import gradual_alpha
+from ..models.heads import FrozenBaseHead
+from ..registry import closest
+
+__all__ = [
+    "DEFAULTS",
+    "glag_head_mask",
+    "inverse_tukey",
+    "AdaptiveFeatureGenerator",
+    "AFGSource",
+    "GLAGStage2Loss",
+    "BetaAdapter",
+    "per_class_accuracy",
+    "GLAGAFGStage",
+]
+
+DEFAULTS: dict[str, Any] = {
+    "tukey_lambda": 0.5,
+    "k": 2,
+    "gamma": 0.0,
+    "dispersion": "identity",
+    "own_covariance": "class",
+    "beta_init": 0.6,
+    "adaptive_beta": True,
+    "beta_step": 0.05,
+    "beta_bounds": [0.0, 1.0],
+    "beta_tolerance": 0.0,
+    "head_split": "fraction",
+    "head_fraction": 0.6,
+    "num_head": None,
+    "target": "max",
+    "kd": True,
+    "kd_on": "samples",
+    "kd_temperature": 2.0,
+    "kd_alpha": {"s": 1.0, "c": 2.0, "schedule": "convex", "inclusive_end": False},
+    "jitter": 1e-5,
+    "max_tries": 6,
+    "chunk_elements": 1 << 26,
+}
+# keys the stage writes into its options (results), plus the runner's own
+RECORDED = (
+    "head_classes",
+    "target_count",
+    "num_generated",
+    "beta_history",
+    "val_balanced_acc_history",
+    "tail_val_acc_history",
+    "val_acc_last",
+    "init_from",
+)
+HEAD_SPLITS = ("fraction", "many", "count")
+KD_ON = ("samples", "logits")
+
+
+def _options(stage: StageConfig) -> dict[str, Any]:
+    """The stage's options merged over :data:`DEFAULTS`; unknown keys are errors."""
+    allowed = set(DEFAULTS) | set(RECORDED)
+    for key in stage.options:
+        if key not in allowed:
+            raise ConfigError(
+                f"stage {stage.name!r} (glag_afg): unknown option {key!r}{closest(key, allowed)}; "
+                f"valid options: {', '.join(sorted(DEFAULTS))}"
+            )
+    opts = copy.deepcopy(DEFAULTS)
+    for key, value in stage.options.items():
+        if key == "kd_alpha":
+            unknown = set(value) - set(DEFAULTS["kd_alpha"])
+            if unknown:
+                raise ConfigError(f"options.kd_alpha: unknown key(s) {sorted(unknown)}; valid: s, c, schedule, inclusive_end")
+            opts["kd_alpha"].update(value)
+        else:
+            opts[key] = value
+    if opts["head_split"] not in HEAD_SPLITS:
+        raise ConfigError(f"options.head_split={opts['head_split']!r} is not one of {list(HEAD_SPLITS)}")
+    if opts["kd_on"] not in KD_ON:
+        raise ConfigError(f"options.kd_on={opts['kd_on']!r} is not one of {list(KD_ON)}")
+    gradual_alpha(0, 1, **opts["kd_alpha"])  # validates s, c, schedule
+    lo, hi = opts["beta_bounds"]
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ConfigError(f"options.beta_bounds must satisfy 0 <= low <= high <= 1, got {opts['beta_bounds']}")
+    if float(opts["beta_step"]) < 0:
+        raise ConfigError(f"options.beta_step must be >= 0, got {opts['beta_step']}")
+    if float(opts["tukey_lambda"]) < 0:
+        raise ConfigError(f"options.tukey_lambda must be >= 0 (0.5 default, 1 = no transform), got {opts['tukey_lambda']}")
+    return opts
+
+
+# --------------------------------------------------------------------------------------------
+# pieces
+
+
+def glag_head_mask(
+    class_counts,
+    split: str = "fraction",
+    head_fraction: float = 0.6,
+    num_head: int | None = None,
+    many_threshold: int = 100,
+) -> torch.Tensor:
+    """GLAG's head classes as a bool mask ``[C]`` (True = head; see the module docstring).
+
+    ``"fraction"``: LADC's rule, the most frequent classes that together hold ``head_fraction``
+    of the images; ``"many"``: count > ``many_threshold``; ``"count"``: the ``num_head`` most
+    frequent classes (ties by lower index).
+    """
+    counts = torch.as_tensor(class_counts).flatten().long()
+    if split == "fraction":
+        return head_tail_split(counts, head_fraction)
+    if split == "many":
+        return counts > int(many_threshold)
+    if split == "count":
+        if num_head is None or not 0 <= int(num_head) <= counts.numel():
+            raise ConfigError(f"head_split='count' needs options.num_head in 0..{counts.numel()}, got {num_head}")
+        order = torch.argsort(-counts.double(), stable=True)
+        mask = torch.zeros(counts.numel(), dtype=torch.bool)
+        mask[order[: int(num_head)]] = True
+        return mask
+    raise ConfigError(f"head_split={split!r} is not one of {list(HEAD_SPLITS)}")
+
+
+def inverse_tukey(u: torch.Tensor, lam: float, eps: float = 1e-6) -> torch.Tensor:
+    """Back from Tukey space: ``max(u, 0)^(1/lam)`` (``lam > 0``), ``max(exp(u) - eps, 0)``
+    (``lam = 0``), identity (``lam = 1``). Negative draws map to 0, the floor of ReLU features."""
+    if lam == 1:
+        return u
+    if lam == 0:
+        return (torch.exp(u) - eps).clamp(min=0.0)
+    return u.clamp(min=0.0).pow(1.0 / lam)
+
+
+class AdaptiveFeatureGenerator:
+    """The AFG's data side: statistics once, a balanced epoch feature set on demand.
+
+    Args:
+        features: real training features ``[N, D]`` (non-negative unless ``tukey_lambda=1``),
+            on the device where generation runs.
+        labels: ``[N]`` class labels.
+        num_classes: C.
+        head_mask: ``[C]`` bool, True for head classes.
+        target: ``"max"`` (largest class count) or an int: features per class per epoch.
+        tukey_lambda, k, gamma, dispersion, own_covariance: calibration (module docstring).
+        jitter, max_tries: the Cholesky jitter rule of :func:`sample_gaussians`.
+        chunk_elements: budget of one chunk's ``[rows, D, D]`` covariance block.
+
+    Layout of the epoch set (fixed, so a CUDA graph can read it): class c owns rows
+    ``c*target .. (c+1)*target - 1``; :attr:`labels` and :attr:`is_generated` describe them.
+    """
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        num_classes: int,
+        head_mask: torch.Tensor,
+        target: str | int = "max",
+        tukey_lambda: float = 0.5,
+        k: int = 2,
+        gamma: float = 0.0,
+        dispersion: str = "identity",
+        own_covariance: str = "class",
+        jitter: float = 1e-5,
+        max_tries: int = 6,
+        chunk_elements: int = 1 << 26,
+    ):
+        if features.dim() != 2 or labels.shape != (features.shape[0],):
+            raise DataError(f"features must be [N, D] with labels [N], got {tuple(features.shape)} and {tuple(labels.shape)}")
+        self.device = features.device
+        self.features = features.float()
+        self.labels_in = labels.to(self.device).long()
+        self.num_classes = C = int(num_classes)
+        self.dim = D = features.shape[1]
+        self.head_mask = torch.as_tensor(head_mask, dtype=torch.bool).cpu()
+        if self.head_mask.shape != (C,):
+            raise DataError(f"head_mask must have {C} entries, got {tuple(self.head_mask.shape)}")
+        counts = torch.bincount(self.labels_in, minlength=C).cpu()
+        if bool((counts == 0).any()):
+            empty = torch.nonzero(counts == 0).flatten().tolist()
+            raise DataError(f"AFG needs at least one training feature per class; empty classes {empty[:20]}")
+        self.counts = counts.tolist()
+        if target == "max":
+            self.target = max(self.counts)
+        elif isinstance(target, (int, float)) and not isinstance(target, bool) and int(target) >= 1:
+            self.target = int(target)
+        else:
+            raise ConfigError(f"options.target must be 'max' or a positive integer, got {target!r}")
+        self.lam = float(tukey_lambda)
+        self.k, self.gamma = int(k), float(gamma)
+        self.dispersion, self.own_covariance = dispersion, own_covariance
+        self.jitter, self.max_tries = float(jitter), int(max_tries)
+        self.rows_per_chunk = max(1, int(chunk_elements) // (D * D))
+
+        try:
+            transformed = tukey_transform(self.features, self.lam) if self.lam != 1 else self.features
+        except DataError as exc:
+            raise DataError(f"{exc} (glag_afg: stages.N.options.tukey_lambda=1 skips the transform)") from None
+        self.stats = ClassStatistics.from_features(transformed, self.labels_in, C)
+        order = torch.sort(self.labels_in, stable=True).indices
+        self.class_index = list(torch.split(order, self.counts))  # real rows of each class
+
+        T = self.target
+        self.tail_classes = [c for c in range(C) if not self.head_mask[c] and self.counts[c] < T]
+        self.size = C * T
+        self.labels = torch.arange(C, device=self.device).repeat_interleave(T)
+        generated = torch.zeros(self.size, dtype=torch.bool)
+        for c in self.tail_classes:
+            generated[c * T + self.counts[c] : (c + 1) * T] = True
+        self.is_generated = generated.to(self.device)
+        self.generated_slots = torch.nonzero(generated).flatten().to(self.device)  # class order
+        self.real_slots = torch.nonzero(~generated).flatten().to(self.device)  # class order
+        self.num_generated = int(generated.sum())
+        if self.tail_classes:
+            rows = torch.cat([self.class_index[c] for c in self.tail_classes])
+            self.tail_x = transformed[rows]
+            self.tail_y = self.labels_in[rows]
+        else:
+            self.tail_x = transformed.new_zeros(0, D)
+            self.tail_y = self.labels_in.new_zeros(0)
+
+    # ---------------------------------------------------------------- per epoch (eager)
+    def row_counts(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """How many features each tail row generates: the class gap spread evenly over its rows."""
+        parts = []
+        for c in self.tail_classes:
+            n = self.counts[c]
+            base, rem = divmod(self.target - n, n)
+            ranks = torch.randperm(n, generator=generator, device=self.device)
+            parts.append(base + (ranks < rem).long())
+        if not parts:
+            return torch.zeros(0, dtype=torch.long, device=self.device)
+        return torch.cat(parts)
+
+    def calibrate(self, beta: torch.Tensor, start: int = 0, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated Gaussians (Tukey space) of tail rows ``start:end`` with per-class ``beta``."""
+        end = self.tail_x.shape[0] if end is None else end
+        return glag_calibrate(
+            self.tail_x[start:end], self.tail_y[start:end], self.stats, beta.to(self.device),
+            gamma=self.gamma, k=self.k, own_covariance=self.own_covariance, dispersion=self.dispersion,
+        )
+
+    def generate(
+        self, beta: torch.Tensor, generator: torch.Generator | None = None, inverse: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generated features ``[G, D]`` (class order, in the feature space unless
+        ``inverse=False``) and their labels ``[G]``, G = :attr:`num_generated`."""
+        counts = self.row_counts(generator)
+        chunks = []
+        for start in range(0, self.tail_x.shape[0], self.rows_per_chunk):
+            end = min(start + self.rows_per_chunk, self.tail_x.shape[0])
+            means, covs = self.calibrate(beta, start, end)
+            samples, _ = sample_gaussians(
+                means, covs, counts[start:end], generator=generator, jitter=self.jitter, max_tries=self.max_tries
+            )
+            chunks.append(samples)
+        out = torch.cat(chunks) if chunks else self.features.new_zeros(0, self.dim)
+        labels = self.tail_y.repeat_interleave(counts)
+        if out.shape[0] != self.num_generated:
+            raise RuntimeError(f"AFG generated {out.shape[0]} features, expected {self.num_generated}")
+        return (inverse_tukey(out, self.lam) if inverse else out), labels
+
+    def real_sources(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Indices into the real features for :attr:`real_slots`: all of a class's real features
+        (a random ``target`` of them if it has more), head classes filled up by drawing their own
+        real features with replacement."""
+        T = self.target
+        parts = []
+        for c in range(self.num_classes):
+            idx, n = self.class_index[c], self.counts[c]
+            if n > T:
+                parts.append(idx[torch.randperm(n, generator=generator, device=self.device)[:T]])
+                continue
+            parts.append(idx)
+            if n < T and self.head_mask[c]:
+                parts.append(idx[torch.randint(n, (T - n,), generator=generator, device=self.device)])
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def fill(self, out: torch.Tensor, beta: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Write this epoch's balanced feature set into ``out [C*target, D]`` in place."""
+        if out.shape != (self.size, self.dim):
+            raise DataError(f"out must be [{self.size}, {self.dim}], got {tuple(out.shape)}")
+        out.index_copy_(0, self.real_slots, self.features.index_select(0, self.real_sources(generator)).to(out.dtype))
+        if self.num_generated:
+            samples, _ = self.generate(beta, generator)
+            out.index_copy_(0, self.generated_slots, samples.to(out.dtype))
+        return out
+
+
+class AFGSource(DeviceSource):
+    """A :class:`DeviceSource` over the AFG's epoch set: ``start_epoch`` regenerates the
+    features in place (eager) with the current beta, then draws the epoch's order; ``next``
+    is the parent's (graph-safe)."""
+
+    def __init__(self, afg: AdaptiveFeatureGenerator, state: "BetaAdapter", strategy, batch_size: int, total_epochs: int):
+        buffer = torch.zeros(afg.size, afg.dim, device=afg.device)
+        super().__init__(buffer, afg.labels, afg.num_classes, strategy, batch_size, total_epochs)
+        self.afg, self.state = afg, state
+
+    def start_epoch(self, epoch: int) -> None:
+        self.afg.fill(self.inputs, self.state.beta)
+        super().start_epoch(epoch)
+
+
+class GLAGStage2Loss(nn.Module):
+    """Eq. 11: ``CE(z, y) + alpha(T) * mean_b[ m_b * KD_tau(teacher(x_b) -> z_b) ]``.
+
+    ``m_b`` = 1 for samples of head classes, 0 otherwise (``kd_on="samples"``); with
+    ``kd_on="logits"`` m = 1 and both distributions are restricted to the head-class logits.
+    ``alpha`` is a 0-dim buffer set in place per epoch (graph-safe); ``teacher=None`` is CE only.
+    """
+
+    def __init__(
+        self,
+        ce: nn.Module,
+        teacher: nn.Module | None,
+        head_mask: torch.Tensor,
+        temperature: float = 2.0,
+        kd_on: str = "samples",
+    ):
+        super().__init__()
+        if kd_on not in KD_ON:
+            raise ConfigError(f"kd_on={kd_on!r} is not one of {list(KD_ON)}")
+        head_mask = torch.as_tensor(head_mask, dtype=torch.bool)
+        self.ce = ce
+        self._teacher = (teacher,)  # not a submodule: it belongs to the model
+        self.kd_on = kd_on
+        self.kd = DistillationLoss(temperature, class_subset=head_mask if kd_on == "logits" else None)
+        self.register_buffer("alpha", torch.zeros(()))
+        self.register_buffer("head_weight", head_mask.float())
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0]
+
+    @torch.no_grad()
+    def set_alpha(self, value: float) -> None:
+        self.alpha.fill_(value)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        loss = self.ce(logits, targets)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            teacher_logits = self.teacher(features)
+        per_sample = self.kd.per_sample(logits, teacher_logits)
+        if self.kd_on == "samples":
+            per_sample = per_sample * self.head_weight.index_select(0, targets)
+        return loss + self.alpha * per_sample.mean()
+
+
+@torch.no_grad()
+def per_class_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class accuracy ``[C]`` (float32, 0..1; 0 for a class without samples) of ``head``."""
+    preds = head(features.float()).argmax(1)
+    correct = torch.zeros(num_classes, device=features.device).index_add_(0, labels, (preds == labels).float())
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1)
+    return correct / counts
+
+
+class BetaAdapter:
+    """Epoch hook of ``glag_afg``: alpha(T) for the KD term at the start of each epoch; after it,
+    the per-class validation accuracy and the beta update of :func:`adapt_beta` (tail classes
+    only), recorded in ``record`` (the stage's options)."""
+
+    def __init__(
+        self,
+        beta: torch.Tensor,
+        tail_mask: torch.Tensor,
+        loss: GLAGStage2Loss | None = None,
+        kd_alpha: dict[str, Any] | None = None,
+        head: nn.Module | None = None,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None,
+        adaptive: bool = True,
+        step: float = 0.05,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        tolerance: float = 0.0,
+        prev_acc: torch.Tensor | None = None,
+        record: dict[str, Any] | None = None,
+    ):
+        self.beta = beta
+        self.tail_mask = torch.as_tensor(tail_mask, dtype=torch.bool, device=beta.device)
+        self.loss, self.kd_alpha = loss, dict(kd_alpha or {})
+        self.head, self.val = head, val
+        self.adaptive, self.step, self.bounds, self.tolerance = adaptive, float(step), tuple(bounds), float(tolerance)
+        self.prev_acc = prev_acc
+        self.record = record if record is not None else {}
+        self.record.setdefault("beta_history", [_rounded(beta)])
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        if self.loss is not None and self.loss.teacher is not None:
+            self.loss.set_alpha(gradual_alpha(epoch, total_epochs, **self.kd_alpha))
+
+    def update(self, acc_now: torch.Tensor) -> torch.Tensor:
+        """Adapt beta from this epoch's per-class validation accuracy; record; return new beta."""
+        if self.adaptive:
+            new = adapt_beta(self.beta, acc_now, self.prev_acc, step=self.step, bounds=self.bounds,
+                             classes=self.tail_mask, tolerance=self.tolerance)
+            self.beta.copy_(new)
+        self.prev_acc = acc_now.clone()
+        rec = self.record
+        rec["beta_history"].append(_rounded(self.beta))
+        rec.setdefault("val_balanced_acc_history", []).append(round(100 * float(acc_now.mean()), 4))
+        if bool(self.tail_mask.any()):
+            rec.setdefault("tail_val_acc_history", []).append(round(100 * float(acc_now[self.tail_mask].mean()), 4))
+        rec["val_acc_last"] = [float(a) for a in acc_now.tolist()]
+        return self.beta
+
+    def on_epoch_end(self) -> None:
+        if self.val is None:
+            return
+        feats, labels = self.val
+        self.update(per_class_accuracy(self.head, feats, labels, self.beta.shape[0]))
+
+
+def _rounded(t: torch.Tensor) -> list[float]:
+    return [round(float(v), 6) for v in t.tolist()]
+
+
+# --------------------------------------------------------------------------------------------
+# the stage kind
+
+
+@STAGE_KINDS.register("glag_afg")
+class GLAGAFGStage(StageKind):
+    """GLAG stage 2: LWS head on the frozen encoder, trained on real + AFG-generated features
+    with CE + alpha(T)·KD on head classes, beta adapted on the validation split (module docstring).
+
+    Stage fields used: ``head`` (``lws``; any head wrapping the stage-1 linear head), ``train:
+    head``, ``features: cached``, ``epochs``, ``batch_size``, ``loss`` (the CE part, default
+    ``ce``), ``sampler`` (order of the balanced epoch set, default ``instance``), ``optimizer``,
+    ``schedule``; ``options``: see :data:`DEFAULTS`.
+    """
+
+    def check(self, ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
+        """Config checks that need no training (ideally run before stage 1)."""
+        opts = _options(stage)
+        if stage.train != "head":
+            raise ConfigError(f"stage {stage.name!r} (glag_afg) trains the head on the frozen encoder: set train: head")
+        if stage.features != "cached":
+            raise ConfigError(f"stage {stage.name!r} (glag_afg) generates features from cached ones: set features: cached")
+        if opts["adaptive_beta"] and ctx.config.data.val_per_class <= 0 and "val" not in ctx.splits:
+            raise ConfigError(
+                f"stage {stage.name!r} (glag_afg) adapts beta from validation accuracy and the run has no "
+                "validation split: set data.val_per_class > 0 (e.g. data.val_per_class=20), or keep beta "
+                f"fixed with stages.N.options.adaptive_beta=false (never the test set)"
+            )
+        if ctx.config.eval.select == "best_val":
+            raise ConfigError(
+                "eval.select=best_val selects among the epochs of the last 'supervised' stage and would "
+                "discard the glag_afg stage; use eval.select=last"
+            )
+        return opts
+
+    def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
+        self.check(ctx, stage)
+        super().prepare(ctx, stage)
+        if not isinstance(ctx.model.head, FrozenBaseHead):
+            raise ConfigError(
+                f"stage {stage.name!r} (glag_afg) needs a head that wraps the stage-1 linear head (the KD "
+                f"teacher), got {type(ctx.model.head).__name__}: set head: lws"
+            )
+
+    def build(self, ctx: RunContext, stage: StageConfig) -> StagePlan:
+        opts = self.check(ctx, stage)
+        if opts["adaptive_beta"] and "val" not in ctx.splits:
+            raise ConfigError("glag_afg: the dataset has no validation split; set data.val_per_class > 0")
+        model, device = ctx.model, ctx.runtime.device
+        head: FrozenBaseHead = model.head  # type: ignore[assignment]
+        C = ctx.dataset.num_classes
+        head_mask = glag_head_mask(
+            ctx.class_counts, opts["head_split"], opts["head_fraction"], opts["num_head"], ctx.config.eval.many_threshold
+        )
+        feats, labels = ctx.features("train"), ctx.splits["train"][1]
+        afg = AdaptiveFeatureGenerator(
+            feats, labels, C, head_mask, target=opts["target"], tukey_lambda=opts["tukey_lambda"], k=opts["k"],
+            gamma=opts["gamma"], dispersion=opts["dispersion"], own_covariance=opts["own_covariance"],
+            jitter=opts["jitter"], max_tries=opts["max_tries"], chunk_elements=opts["chunk_elements"],
+        )
+        tail_mask = ~head_mask
+        record = stage.options
+        record["head_classes"] = torch.nonzero(head_mask).flatten().tolist()
+        record["target_count"] = afg.target
+        record["num_generated"] = afg.num_generated
+        # beta and the last validation accuracy: from the options when resuming, else initial
+        if record.get("beta_history"):
+            beta = torch.tensor(record["beta_history"][-1], dtype=torch.float32, device=device)
+        else:
+            beta = init_beta(tail_mask, opts["beta_init"]).to(device)
+        val = None
+        prev_acc = None
+        if "val" in ctx.splits:
+            val = (ctx.features("val"), ctx.splits["val"][1])
+            if record.get("val_acc_last") is not None:
+                prev_acc = torch.tensor(record["val_acc_last"], dtype=torch.float32, device=device)
+            else:
+                prev_acc = per_class_accuracy(head, val[0], val[1], C)
+                record["val_acc_last"] = [float(a) for a in prev_acc.tolist()]
+
+        loss_spec = dict(stage.loss)
+        ce = build_loss(loss_spec.pop("name"), class_counts=ctx.class_counts.tolist(), **loss_spec).to(device)
+        loss = GLAGStage2Loss(
+            ce, head.base if opts["kd"] else None, head_mask, opts["kd_temperature"], opts["kd_on"]
+        ).to(device)
+        adapter = BetaAdapter(
+            beta, tail_mask, loss=loss, kd_alpha=opts["kd_alpha"], head=head, val=val,
+            adaptive=bool(opts["adaptive_beta"]), step=opts["beta_step"], bounds=tuple(opts["beta_bounds"]),
+            tolerance=opts["beta_tolerance"], prev_acc=prev_acc, record=record,
+        )
+        strategy = build_sampler(stage.sampler["name"], **{k: v for k, v in stage.sampler.items() if k != "name"})
+        source = AFGSource(afg, adapter, strategy, stage.batch_size, stage.epochs)
+
+        def compute_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = head(x)
+            return loss(logits, y, x), logits
+
+        named = [(n, p) for n, p in head.named_parameters() if p.requires_grad]
+        if not named:
+            raise ConfigError(f"stage {stage.name!r} has no trainable parameters (head {type(head).__name__})")
+        return StagePlan(
+            name=stage.name,
+            epochs=stage.epochs,
+            source=source,
+            named_params=named,
+            compute_loss=compute_loss,
+            train_modules=[head],
+            frozen_modules=[model.encoder],
+            optimizer=stage.optimizer,
+            schedule=stage.schedule,
+            hooks=[ce, adapter],
+            graph_safe=getattr(ce, "graph_safe", True),
+            graph_unsafe_reason=f"loss {stage.loss['name']!r} is not CUDA-graph safe",
+        )

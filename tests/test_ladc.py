@@ -1,0 +1,302 @@
+"""LADC's stage 2: posterior formulas by hand, the 60% head/tail rule, the sampler's class
+frequencies, factored sampling = the calibration functions, and tiny end-to-end runs."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import longtail.engine.runner as runner
+from longtail.config import load_config
+from longtail.data.dataset import ArraySplit, LongTailedDataset
+from longtail.errors import ConfigError
+from longtail.features.calibration import head_tail_split, ladc_calibrate
+from longtail.features.statistics import ClassStatistics
+from longtail.methods.ladc import (
+    CalibratedFeatureSource,
+    LADCOptions,
+    LADCSampler,
+    _ladc_factored,
+)
+from longtail.models.heads import LWSHead, LWSPlusHead, LinearHead
+
+
+# ------------------------------------------------------------------------- hand-computed posterior
+
+
+def hand_stats():
+    """Head classes A (mean (0,0), n 10), B ((4,0), n 30), C ((0,10), n 10); tail class D."""
+    means = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 10.0], [1.0, 1.0]], dtype=torch.float64)
+    covs = torch.stack([torch.diag(torch.tensor(v, dtype=torch.float64)) for v in ([1, 2], [3, 1], [5, 5], [0, 0])])
+    counts = torch.tensor([10, 30, 10, 2])
+    head = torch.tensor([True, True, True, False])
+    return ClassStatistics(means, covs, counts), head
+
+
+@pytest.mark.parametrize(
+    "weighting, w_a, w_b",
+    [
+        # printed Eq. 6: w ∝ n·d²: A 10·1 = 10, B 30·9 = 270 -> 1/28, 27/28
+        ("printed", 1 / 28, 27 / 28),
+        # inverse distance: w ∝ n/d²: A 10/1 = 10, B 30/9 = 10/3 -> 3/4, 1/4
+        ("inverse_distance", 3 / 4, 1 / 4),
+    ],
+)
+def test_posterior_matches_a_hand_computed_case(weighting, w_a, w_b):
+    stats, head = hand_stats()
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)  # d² to A = 1, B = 9, C = 101: S = {A, B}
+    alpha, beta = 0.1, 1.0
+    mu0 = w_a * torch.tensor([0.0, 0.0]) + w_b * torch.tensor([4.0, 0.0])
+    sigma0 = torch.diag(torch.tensor([w_a**2 * 1 + w_b**2 * 3 + alpha, w_a**2 * 2 + w_b**2 * 1 + alpha]))
+    prior = beta / (1 + beta)  # n_s = 1
+    mu_post = prior * mu0 + (1 - prior) * x[0]
+    sigma_post = prior * sigma0
+    if weighting == "printed":  # (1/2)·(27/7, 0) + (1/2)·(1, 0) = (17/7, 0)
+        torch.testing.assert_close(mu_post, torch.tensor([17 / 7, 0.0], dtype=torch.float64))
+    else:
+        torch.testing.assert_close(mu_post, torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+    g = _ladc_factored(x, stats, head, m=2, alpha=alpha, beta=beta, weighting=weighting, n_s=1.0, dispersion="identity")
+    torch.testing.assert_close(g.means[0], mu_post.double())
+    torch.testing.assert_close(g.covariances(stats.covariances)[0], sigma_post.double())
+    assert sorted(g.support[0].tolist()) == [0, 1]
+    means, covs = ladc_calibrate(x, stats, head, m=2, alpha=alpha, beta=beta, weighting=weighting)
+    torch.testing.assert_close(means[0], mu_post.double())
+    torch.testing.assert_close(covs[0], sigma_post.double())
+
+
+def test_beta_moves_the_posterior_between_instance_and_prior():
+    stats, head = hand_stats()
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    # beta = 3: mu' = 3/4 mu0 + 1/4 x, Sigma' = 3/4 Sigma0 (inverse distance: mu0 = (1, 0))
+    g = _ladc_factored(x, stats, head, 2, 0.0, 3.0, "inverse_distance", 1.0, "identity")
+    torch.testing.assert_close(g.means[0], torch.tensor([1.0, 0.0], dtype=torch.float64))
+    sigma0 = torch.diag(torch.tensor([9 / 16 + 3 / 16, 18 / 16 + 1 / 16], dtype=torch.float64))
+    torch.testing.assert_close(g.covariances(stats.covariances)[0], 0.75 * sigma0)
+    # beta = 0: no prior, the instance itself with zero covariance
+    g0 = _ladc_factored(x, stats, head, 2, 0.1, 0.0, "printed", 1.0, "identity")
+    torch.testing.assert_close(g0.means[0], x[0])
+    torch.testing.assert_close(g0.covariances(stats.covariances)[0], torch.zeros(2, 2, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------- the 60% rule
+
+
+@pytest.mark.parametrize(
+    "counts, head",
+    [
+        ([50, 30, 10, 10], [0, 1]),  # 50% < 60% <= 80%
+        ([60, 30, 10], [0]),  # exactly 60% is enough
+        ([59, 31, 10], [0, 1]),
+        ([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], [0, 1]),  # CIFAR-10-LT IF 100: 7997/12406
+        ([5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500], [0, 1, 2, 3]),  # IF 10: 14188/20431
+    ],
+)
+def test_head_classes_are_the_largest_holding_60_percent(counts, head):
+    feats = torch.randn(sum(counts), 3)
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    sampler = LADCSampler(feats, labels, len(counts), LADCOptions(calibration="none"))
+    assert torch.nonzero(sampler.head_mask).flatten().tolist() == head
+    assert head_tail_split(counts).nonzero().flatten().tolist() == head
+    assert sampler.record()["tail_classes"] == [c for c in range(len(counts)) if c not in head]
+
+
+# ------------------------------------------------------------------------- sampler
+
+
+def blobs(counts, dim=3, seed=0, scale=4.0):
+    g = torch.Generator().manual_seed(seed)
+    centres = scale * torch.randn(len(counts), dim, generator=g)
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    return centres[labels] + torch.randn(len(labels), dim, generator=g), labels
+
+
+def test_class_frequencies_follow_eq_13_and_head_draws_are_real_features():
+    counts = [8, 4, 2, 1]  # head = {0, 1} (8 < 9 = 60% of 15 <= 12)
+    feats, labels = blobs(counts)
+    torch.manual_seed(0)
+    # literal Eq. 13 (sampling_level: class), tau = 1: P_i ∝ n_1/n_i = 1, 2, 4, 8
+    sampler = LADCSampler(feats, labels, 4, LADCOptions(tau=1.0, sampling_level="class"))
+    x, y, generated = sampler.draw_epoch(60000)
+    freq = torch.bincount(y, minlength=4).double() / 60000
+    torch.testing.assert_close(freq, torch.tensor([1, 2, 4, 8], dtype=torch.float64) / 15, atol=0.01, rtol=0)
+    # default (instance weights n_1/n_i^tau), tau = 1: class-balanced
+    y_bal = LADCSampler(feats, labels, 4, LADCOptions(tau=1.0)).draw_epoch(60000)[1]
+    freq = torch.bincount(y_bal, minlength=4).double() / 60000
+    torch.testing.assert_close(freq, torch.full((4,), 0.25, dtype=torch.float64), atol=0.01, rtol=0)
+    # tau = 1.2: class level P ∝ n_i^-1.2; instance level P ∝ n_i · n_i^-1.2 = n_i^-0.2
+    p = LADCSampler(feats, labels, 4, LADCOptions(tau=1.2, sampling_level="class")).probabilities.double()
+    raw = torch.tensor([8**-1.2, 4**-1.2, 2**-1.2, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(p, raw / raw.sum(), atol=1e-6, rtol=0)
+    p = LADCSampler(feats, labels, 4, LADCOptions(tau=1.2)).probabilities.double()
+    raw = torch.tensor([8**-0.2, 4**-0.2, 2**-0.2, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(p, raw / raw.sum(), atol=1e-6, rtol=0)
+    # head-class draws are real features of their class, tail-class draws are generated
+    assert torch.equal(generated, y >= 2)
+    real = {tuple(r) for r in feats.tolist()}
+    head_rows = x[~generated]
+    assert all(tuple(r) in real for r in head_rows[:500].tolist())
+    own = torch.cdist(head_rows, feats).argmin(1)
+    assert torch.equal(labels[own], y[~generated])
+    assert not any(tuple(r) in real for r in x[generated][:500].tolist())
+
+
+def test_calibration_none_resamples_real_tail_features():
+    feats, labels = blobs([8, 4, 2, 1])
+    x, y, generated = LADCSampler(feats, labels, 4, LADCOptions(calibration="none")).draw_epoch(200)
+    assert not generated.any()
+    assert torch.equal(labels[torch.cdist(x, feats).argmin(1)], y)
+
+
+@pytest.mark.parametrize("calibration", ["instance", "average", "dc"])
+@pytest.mark.parametrize("weighting, dispersion", [("printed", "identity"), ("inverse_distance", "all")])
+def test_factored_gaussians_equal_the_calibration_functions(calibration, weighting, dispersion):
+    feats, labels = blobs([40, 30, 20, 10, 5, 3], dim=6, seed=1)
+    feats = feats.abs()  # (for the Tukey case below)
+    for lam in (1.0, 0.5):
+        opts = LADCOptions(calibration=calibration, weighting=weighting, dispersion=dispersion, dc_dispersion=dispersion,
+                           m=2 if calibration != "dc" else 3, alpha=0.15, beta=0.7, tukey_lambda=lam)
+        sampler = LADCSampler(feats, labels, 6, opts)
+        rows = torch.arange(sampler.row_inputs.shape[0])
+        means, covs = sampler.calibrate(rows)
+        torch.testing.assert_close(sampler.gaussians.means, means, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sampler.gaussians.covariances(sampler.stats.covariances), covs, atol=1e-5, rtol=1e-5)
+    expected_rows = {"instance": 38, "average": 4, "dc": 38}[calibration]  # head = {0, 1}: 70/108 >= 60% > 40/108
+    assert sampler.row_inputs.shape[0] == expected_rows
+
+
+@pytest.mark.parametrize("sampler_kind", ["factored", "cholesky"])
+def test_draws_have_the_calibrated_mean_and_covariance(sampler_kind):
+    feats, labels = blobs([60, 40, 10, 6], dim=3, seed=2)
+    torch.manual_seed(0)
+    sampler = LADCSampler(feats, labels, 4, LADCOptions(sampler=sampler_kind, alpha=0.2, beta=0.5))
+    row = torch.tensor([3])
+    draws = sampler.generate(row.repeat(40000)).double()
+    means, covs = sampler.calibrate(row)
+    torch.testing.assert_close(draws.mean(0), means[0].double(), atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(draws.T), covs[0].double(), atol=0.05 * float(covs[0].diagonal().max()), rtol=0)
+    # a whole epoch: every generated feature comes from the row of the instance that was drawn
+    x, y, generated = sampler.draw_epoch(500)
+    assert generated.any() and (y[generated] >= 2).all()
+
+
+def test_source_serves_the_epoch_in_fixed_batches():
+    feats, labels = blobs([8, 4, 2, 1])
+    source = CalibratedFeatureSource(LADCSampler(feats, labels, 4, LADCOptions()), batch_size=4, samples_per_epoch=10)
+    assert (source.steps_per_epoch, source.batch_size) == (3, 4)
+    source.start_epoch(0)
+    batches = [source.next() for _ in range(3)]
+    assert all(x.shape == (4, 3) and y.shape == (4,) for x, y in batches)
+    torch.testing.assert_close(torch.cat([x for x, _ in batches]), source.epoch_x.view(12, 3))
+    assert int(source.cursor) == 3
+
+
+def test_options_are_validated():
+    with pytest.raises(ConfigError, match="did you mean 'alpha'"):
+        LADCOptions.from_options({"alpah": 0.1})
+    with pytest.raises(ConfigError, match="weighting"):
+        LADCOptions.from_options({"weighting": "inverse"})
+    assert LADCOptions.from_options({"record": {"x": 1}}).weighting == "printed"  # the paper as printed
+
+
+# ------------------------------------------------------------------------- end to end
+
+COUNTS = [48, 24, 12, 6]
+
+
+def tiny_images(_config=None) -> LongTailedDataset:
+    rng = np.random.default_rng(0)
+
+    def make(labels):
+        base = rng.integers(0, 40, (len(labels), 3, 8, 8))
+        return (base + 60 * labels[:, None, None, None]).astype(np.uint8)
+
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(COUNTS)])
+    yt = np.repeat(np.arange(4), 8)
+    return LongTailedDataset("tiny", 4, list("abcd"), ArraySplit(make(y), y), ArraySplit(make(yt), yt),
+                             mean=(0.5,) * 3, std=(0.25,) * 3, meta={"source": "test"})
+
+
+def run(tmp_path, monkeypatch, method, *extra, dataset=tiny_images):
+    monkeypatch.setattr(runner, "load_dataset", dataset)
+    cfg = load_config(
+        mapping={"method": method, "name": method},
+        overrides=[
+            f"output_dir={tmp_path}", "engine.progress=false", "stages.0.epochs=2", "stages.0.batch_size=32",
+            "stages.0.schedule.milestones=[]", "stages.0.schedule.warmup_epochs=1", "model.encoder=resnet20",
+            *extra,
+        ],
+    )
+    if len(cfg.stages) > 1:
+        cfg.stages[1].epochs, cfg.stages[1].batch_size = 3, 32
+        cfg.stages[1].schedule.milestones = [1, 2]
+    return cfg, runner.run_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "method, head_type",
+    [("ladc", LWSPlusHead), ("ladc_average", LWSPlusHead), ("ladc_dc", LWSPlusHead), ("ladc_crt", LinearHead),
+     ("ladc_lws", LWSHead)],
+)
+def test_ladc_recipes_train_only_the_head(tmp_path, monkeypatch, method, head_type):
+    cfg, results = run(tmp_path, monkeypatch, method)
+    run_dir = tmp_path / method / "seed0"
+    before = torch.load(run_dir / "stage0_stage1.pt")["model"]
+    after = torch.load(run_dir / "stage1_ladc.pt")["model"]
+    for key in (k for k in before if k.startswith("encoder.")):
+        torch.testing.assert_close(before[key], after[key], rtol=0, atol=0, msg=key)
+    record = results["stage_options"][1]["record"]
+    assert record["head_classes"] == [0, 1] and record["tail_classes"] == [2, 3]  # 72/90 = 80% >= 60%
+    assert record["num_tail_instances"] == 18
+    assert [t["stage"] for t in results["timings"]] == ["stage1", "ladc"]
+    assert math.isfinite(results["test"]["top1"])
+    state = after
+    if head_type is LWSPlusHead:
+        assert not torch.equal(state["head.logit_bias"], torch.zeros(4))
+        torch.testing.assert_close(state["head.base.fc.weight"], before["head.fc.weight"], rtol=0, atol=0)
+    if head_type is LinearHead:
+        assert not torch.equal(state["head.fc.weight"], before["head.fc.weight"])
+
+
+def test_stage1_of_the_ladc_recipe_is_remix_and_randaugment():
+    cfg = load_config(mapping={"method": "ladc"})
+    s1, s2 = cfg.stages
+    assert (s1.epochs, s1.augment, s1.mixing["name"]) == (400, "randaugment", "remix")
+    assert (s1.schedule.warmup_epochs, s1.schedule.milestones, s1.optimizer.weight_decay) == (5, [320, 360], 5e-4)
+    assert (s2.kind, s2.head, s2.epochs, s2.schedule.milestones, s2.schedule.gamma) == ("ladc", "lws_plus", 30, [10, 20], 0.1)
+    assert s2.options["weighting"] == "printed"
+    no_re = load_config(mapping={"method": "ladc_no_re"}).stages[0]
+    assert (no_re.epochs, no_re.augment, no_re.mixing) == (400, "crop_flip", None)
+
+
+def test_ladc_stage_refuses_training_the_encoder(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="train: head"):
+        run(tmp_path, monkeypatch, "ladc", "stages.1.train=all")
+
+
+def gaussian_features(_config=None) -> LongTailedDataset:
+    """Four overlapping 2-D classes, 150/90/15/5 training points: CE alone favours the head."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+
+    def make(counts):
+        y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+        return (centres[y] + rng.normal(size=(len(y), 2))).astype(np.float32), y
+
+    x, y = make([150, 90, 15, 5])
+    xt, yt = make([300] * 4)
+    return LongTailedDataset("blobs", 4, list("abcd"), ArraySplit(x, y), ArraySplit(xt, yt), meta={"source": "test"})
+
+
+def test_ladc_on_features_rebalances_towards_the_tail(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", gaussian_features)
+    base = ["engine.progress=false", "stages.0.epochs=30", "stages.0.batch_size=64", "stages.0.augment=none",
+            "stages.0.schedule.milestones=[]", "stages.0.schedule.warmup_epochs=0", "stages.0.mixing=null"]
+    ce = runner.run_config(load_config(mapping={"method": "ladc_re", "name": "ce"}, overrides=[f"output_dir={tmp_path}", *base]))
+    cfg = load_config(mapping={"method": "ladc", "name": "ladc"},
+                      overrides=[f"output_dir={tmp_path}", *base, "stages.1.batch_size=64"])
+    ladc = runner.run_config(cfg)
+    assert ladc["stage_options"][1]["record"]["head_classes"] == [0, 1]  # 150/260 < 60% <= 240/260
+    print(ce["test"], ladc["test"])
+    assert ladc["test"]["few"] > ce["test"]["few"] + 10
+    assert ladc["test"]["top1"] > ce["test"]["top1"]

