@@ -73,8 +73,16 @@ def newsgroups_loader() -> Iterator[None]:
         runner.load_dataset = original
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample std; ``None`` for a group without classes (its accuracy is undefined)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def aggregate(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -96,7 +104,7 @@ def aggregate(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    fmt = lambda m, s: f"{m:.2f} ± {s:.2f}"  # noqa: E731
+    fmt = lambda m, s: "—" if m is None else f"{m:.2f} ± {s:.2f}"  # noqa: E731
     data = record["dataset"]
     lines = [
         "# 20 Newsgroups-LT (IF 100) on frozen all-MiniLM-L6-v2 embeddings",
@@ -157,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                 config = load_config(config_dir / f"{method}.yaml", [*common, f"seed={seed}", f"name={method}"])
                 result = run_config(config, command=command, fresh=not args.resume)
                 results.setdefault(method, []).append(result)
-                print(f"{method} seed {seed}: top-1 {result['test']['top1']:.2f} "
-                      f"(many {result['test']['many']:.1f}, medium {result['test']['medium']:.1f}, "
-                      f"few {result['test']['few']:.1f}) {result['seconds']:.1f} s", flush=True)
+                test = result["test"]
+                print(f"{method} seed {seed}: top-1 {test['top1']:.2f} (many {_num(test['many'])}, "
+                      f"medium {_num(test['medium'])}, few {_num(test['few'])}) {result['seconds']:.1f} s", flush=True)
     runtime = Runtime.resolve(first.engine)
     counts = dataset.class_counts.tolist()
     record = {

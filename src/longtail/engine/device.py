@@ -10,7 +10,10 @@ from ..config import EngineConfig
 from ..errors import ConfigError
 
 
-def _auto(value: str, default: bool, where: str) -> bool:
+def _auto(value: str | bool, default: bool, where: str) -> bool:
+    """``auto`` -> the machine's default; on/off (YAML also reads them as true/false)."""
+    if isinstance(value, bool):
+        return value
     if value == "auto":
         return default
     if value in ("on", "bf16", "true"):

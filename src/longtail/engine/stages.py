@@ -111,7 +111,7 @@ def make_head(kind: str, current: Head, options: dict[str, Any]) -> Head:
     return cls.build(current.in_dim, current.num_classes, **options)
 
 
-def _augment(name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _augment(name: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
     if name == "none":
         return None
     if name == "crop_flip":
@@ -119,7 +119,7 @@ def _augment(name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
     policies = {"randaugment": RandAugment, "autoaugment": AutoAugment}
     if name not in policies:
         raise ConfigError(f"unknown augment {name!r}; valid: none, crop_flip, randaugment, autoaugment")
-    policy = policies[name]()
+    policy = policies[name]().to(device)
     return lambda x: random_crop_flip(policy(x))
 
 
@@ -175,7 +175,7 @@ class SupervisedStage(StageKind):
             strategy,
             stage.batch_size,
             stage.epochs,
-            augment=None if cached else _augment(stage.augment),
+            augment=None if cached else _augment(stage.augment, runtime.device),
             mean=ctx.dataset.mean,
             std=ctx.dataset.std,
             channels_last=runtime.channels_last,
