@@ -61,3 +61,20 @@ def test_matrix_runs_writes_cells_and_merges_parts(spec_file, tmp_path):
     record = json.loads((tmp_path / "benchmarks" / "results" / "tiny.json").read_text())
     assert {c["method"] for c in record["cells"]} == {"ce", "crt", "lws"} and len(record["parts"]) == 2
     assert (tmp_path / ce["run_dirs"][0] / "results.json").stat().st_mtime == mtime
+
+
+def test_merge_of_parts_run_on_different_machines(tmp_path):
+    def part(method, top1, command):
+        cell = {"dataset": "cifar10-lt", "imbalance_factor": 100.0, "method": method, "seeds": [0], "top1": [top1],
+                "top1_mean": top1, "top1_std": 0.0, "many": 1.0, "many_std": 0.0, "medium": 2.0, "medium_std": 0.0,
+                "few": None, "few_std": None, "device": "gpu", "commit": "abc", "command": command, "seconds": 1.0, "paper": []}
+        return {"name": "m", "cells": [cell], "parts": [{"command": command, "device": "gpu", "wall_seconds": 1.0, "started": "t"}]}
+
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(part("ce", 70.0, "first")))
+    b.write_text(json.dumps(part("lws", 72.0, "second")))
+    c.write_text(json.dumps(part("ce", 71.0, "rerun")))
+    record = reproduce.merge_files([a, b, c], tmp_path / "m.json")
+    assert [(x["method"], x["top1_mean"]) for x in record["cells"]] == [("ce", 71.0), ("lws", 72.0)]
+    assert [p["command"] for p in record["parts"]] == ["first", "second", "rerun"]
+    assert "| 100 | lws | 1 | 72.00 ± 0.00" in (tmp_path / "m.md").read_text()

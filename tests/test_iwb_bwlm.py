@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import longtail.engine.runner as runner
-from longtail.bench.norms_plot import load_norms, main as norms_main, norm_trend, plot_norms
+from longtail.bench.run_plots import load_norms, main as norms_main, norm_trend, plot_norms
 from longtail.config import load_config, to_dict
 from longtail.engine.stages import stage_kind
 from longtail.errors import ConfigError

@@ -269,9 +269,28 @@ def test_stage1_of_the_ladc_recipe_is_remix_and_randaugment():
     assert (no_re.epochs, no_re.augment, no_re.mixing) == (400, "crop_flip", None)
 
 
-def test_ladc_stage_refuses_training_the_encoder(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="train: head"):
-        run(tmp_path, monkeypatch, "ladc", "stages.1.train=all")
+def test_ladc_recipes_share_one_stage1_for_the_benchmark_harness():
+    from longtail.config import method_names, to_dict
+
+    names = [n for n in method_names() if n.startswith("ladc")]
+    assert {"ladc", "ladc_no_re", "ladc_average", "ladc_dc", "ladc_lws", "ladc_crt", "ladc_re", "ladc_cbs_crt",
+            "ladc_cbs_lws"} <= set(names)
+    first = {n: to_dict(load_config(mapping={"method": n}).stages[0]) for n in names}
+    re_stage1 = first["ladc"]
+    for name, stage in first.items():
+        assert (stage == re_stage1) == (name != "ladc_no_re"), name
+    stages2 = {n: load_config(mapping={"method": n}).stages[1] for n in names if n != "ladc_re"}
+    assert stages2["ladc_average"].options["calibration"] == "average"
+    assert stages2["ladc_dc"].options["calibration"] == "dc"
+    assert (stages2["ladc_cbs_crt"].kind, stages2["ladc_cbs_crt"].sampler["name"]) == ("supervised", "class_balanced")
+
+
+@pytest.mark.parametrize("override, message", [("stages.1.train=all", "train: head"),
+                                               ("stages.1.options.alhpa=0.2", "did you mean 'alpha'")])
+def test_ladc_stage_refuses_bad_settings_before_stage1_trains(tmp_path, monkeypatch, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run(tmp_path, monkeypatch, "ladc", override)
+    assert not (tmp_path / "ladc" / "seed0" / "stage0_stage1.pt").exists()
 
 
 def gaussian_features(_config=None) -> LongTailedDataset:
@@ -297,6 +316,5 @@ def test_ladc_on_features_rebalances_towards_the_tail(tmp_path, monkeypatch):
                       overrides=[f"output_dir={tmp_path}", *base, "stages.1.batch_size=64"])
     ladc = runner.run_config(cfg)
     assert ladc["stage_options"][1]["record"]["head_classes"] == [0, 1]  # 150/260 < 60% <= 240/260
-    print(ce["test"], ladc["test"])
     assert ladc["test"]["few"] > ce["test"]["few"] + 10
     assert ladc["test"]["top1"] > ce["test"]["top1"]

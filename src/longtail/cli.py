@@ -94,6 +94,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench.speed import main as speed_main
 
         return speed_main(args.rest)
+    if args.what == "merge":
+        from .bench.reproduce import merge_main
+
+        return merge_main(args.rest)
     from .bench.reproduce import main as reproduce_main
 
     return reproduce_main(args.rest)
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=cmd_data)
 
     bench = sub.add_parser("bench", help="speed and reproduction benchmarks")
-    bench.add_argument("what", choices=["speed", "reproduce"])
+    bench.add_argument("what", choices=["speed", "reproduce", "merge"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark (see --help)")
     bench.set_defaults(func=cmd_bench)
     return parser

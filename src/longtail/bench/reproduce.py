@@ -195,14 +195,36 @@ def aggregate(spec: dict[str, Any], jobs: list[Job], command: str) -> list[dict[
     return out
 
 
-def merge_results(path: Path, name: str, cells: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
-    """Merge new cells into the results file (a cell is replaced by a newer run of the same cell)."""
+def _cell_key(cell: dict[str, Any]) -> tuple:
+    return cell["dataset"], cell["imbalance_factor"], cell["method"]
+
+
+def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells of both lists; a cell of ``new`` replaces the same (dataset, IF, method) in ``old``."""
+    merged = {_cell_key(c): c for c in old}
+    merged.update({_cell_key(c): c for c in new})
+    return sorted(merged.values(), key=lambda c: (c["imbalance_factor"], c["method"]))
+
+
+def merge_results(path: Path, name: str, cells: list[dict[str, Any]], part: dict[str, Any]) -> dict[str, Any]:
+    """The results file at ``path`` (if any) with ``cells`` merged in and ``part`` appended."""
     record = json.loads(path.read_text()) if path.is_file() else {"name": name, "cells": [], "parts": []}
-    key = lambda c: (c["dataset"], c["imbalance_factor"], c["method"])  # noqa: E731
-    merged = {key(c): c for c in record["cells"]}
-    merged.update({key(c): c for c in cells})
-    record["cells"] = sorted(merged.values(), key=lambda c: (c["imbalance_factor"], c["method"]))
-    record["parts"].append(extra)
+    return {"name": name, "cells": merge_cells(record["cells"], cells), "parts": record["parts"] + [part]}
+
+
+def merge_files(paths: list[Path], output: Path) -> dict[str, Any]:
+    """Merge results files of parts run elsewhere (later files win per cell); write JSON + Markdown."""
+    record = None
+    for path in paths:
+        part = json.loads(Path(path).read_text())
+        if record is None:
+            record = {"name": part["name"], "cells": [], "parts": []}
+        elif part["name"] != record["name"]:
+            raise ConfigError(f"{path} holds matrix {part['name']!r}, not {record['name']!r}; merge one matrix at a time")
+        record = {"name": record["name"], "cells": merge_cells(record["cells"], part["cells"]),
+                  "parts": record["parts"] + part["parts"]}
+    write_json(output, record)
+    output.with_suffix(".md").write_text(markdown(record))
     return record
 
 
@@ -214,8 +236,10 @@ def markdown(record: dict[str, Any]) -> str:
         "",
         "Ours: mean ± sample std over the seeds listed, top-1 % on the balanced test set, model after the last epoch.",
         "Paper: the figure the named seed paper reports for the same setting (the paper's number, not ours).",
+        "Run s: the seeds' wall times added up; runs trained concurrently (see each part's --concurrent) overlap,",
+        "so a part's wall time (below) is the cost of its cells.",
         "",
-        "| IF | method | seeds | ours top-1 | many | medium | few | paper top-1 (source) | GPU s (all seeds) | device | commit |",
+        "| IF | method | seeds | ours top-1 | many | medium | few | paper top-1 (source) | run s (sum over seeds) | device | commit |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in record["cells"]:
@@ -229,6 +253,16 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"Part: `{part['command']}` on {part['device']}, {part['wall_seconds']:.0f} s wall, {part['started']}.")
     return "\n".join(lines) + "\n"
+
+
+def merge_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="longtail bench merge", description="merge results files of matrix parts")
+    parser.add_argument("parts", nargs="+", help="results JSON files of one matrix (later ones win per cell)")
+    parser.add_argument("--output", required=True, help="merged results JSON (a .md is written beside it)")
+    args = parser.parse_args(argv)
+    record = merge_files([Path(p) for p in args.parts], Path(args.output))
+    print(markdown(record))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

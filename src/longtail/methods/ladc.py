@@ -32,7 +32,7 @@ Stage 1 (representation enhancement, RE) is an ordinary ``supervised`` stage: Re
    stage-1 linear classifier, Eq. 14; ``lws`` for LADC+LWS, ``linear`` for LADC+cRT, Table 9) is
    trained with the stage's loss (CE) for 30 epochs, lr ×0.1 at 10 and 20 (the recipes).
 
-Options (``stages[i].options``; paper default first):
+Options (``stages[i].options``; the default first):
 
 * ``calibration``: ``instance`` | ``average`` | ``dc`` | ``none``.
 * ``head_fraction``: 0.6.
@@ -422,14 +422,18 @@ class LADCStage(StageKind):
 
     default_head = "lws_plus"
 
-    def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
+    def check(self, ctx: RunContext, stage: StageConfig) -> None:
+        """Settings this kind cannot run with, refused before stage 1 trains."""
         if stage.train != "head":
             raise ConfigError(f"stage {stage.name!r} (kind ladc) trains the classifier on the frozen encoder: set train: head")
         if stage.features != "cached":
             raise ConfigError(f"stage {stage.name!r} (kind ladc) works on cached features: set features: cached")
         if stage.mixing or stage.max_norm:
             raise ConfigError(f"stage {stage.name!r} (kind ladc) supports neither mixing nor max_norm")
-        LADCOptions.from_options(stage.options)  # fail early on a typo
+        LADCOptions.from_options(stage.options)  # a typo fails here, not after stage 1
+
+    def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
+        self.check(ctx, stage)
         head = make_head(stage.head or self.default_head, ctx.model.head, stage.head_options)
         ctx.model.replace_head(head.to(ctx.runtime.device))
         ctx.model.encoder.requires_grad_(False)

@@ -1,4 +1,5 @@
-"""Per-class classifier weight norms of several runs in one figure (IWB Figs. 1 and 4, BWLM Fig. 5a).
+"""Plots over several runs: per-class weight norms (IWB Figs. 1 and 4, BWLM Fig. 5a) and
+per-class test accuracy against training count.
 
 Classes are sorted by training-set size, largest first (``eval.plots.plot_weight_norms``)::
 
@@ -19,7 +20,8 @@ A source (a path) is one of:
 Command line (prints, per run, the rank correlation between class size and weight norm: > 0 when
 head classes have the larger norms, the naive pattern; < 0 when the order is inverted, IWB's aim)::
 
-    python -m longtail.bench.norms_plot OUT.png "naive=runs/.../stage0_stage1.pt" "IWB+CB=runs/..." [--normalize]
+    python -m longtail.bench.run_plots OUT.png "naive=runs/.../stage0_stage1.pt" "IWB+CB=runs/..." [--normalize]
+    python -m longtail.bench.run_plots norms.png "CE=runs/.../ce" "LWS=runs/.../lws" --accuracy acc.png
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ..errors import DataError
-from ..eval.plots import plot_weight_norms
+from ..eval.plots import plot_per_class_accuracy, plot_weight_norms
 
 
 def _from_results(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +80,22 @@ def load_norms(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return counts, np.mean([n for _, n in loaded], axis=0)
 
 
+def load_per_class_accuracy(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(class_counts, per-class test accuracy)`` of a run folder or a folder of seeds (mean)."""
+    path = Path(source)
+    files = [path / "results.json"] if (path / "results.json").is_file() else sorted(path.glob("seed*/results.json"))
+    if not files:
+        raise DataError(f"{path}: no results.json and no seed*/results.json (finish the run first)")
+    runs = [json.loads(f.read_text()) for f in files]
+    accuracy = np.array([[np.nan if a is None else a for a in r["test"]["per_class_accuracy"]] for r in runs], dtype=float)
+    return np.asarray(runs[0]["class_counts"]), np.nanmean(accuracy, axis=0)
+
+
+def plot_accuracy(run_dirs: Mapping[str, str | Path], out_png: str | Path) -> Path:
+    """Per-class test accuracy against training count, one line per labelled run (seeds averaged)."""
+    return plot_per_class_accuracy({label: load_per_class_accuracy(src) for label, src in run_dirs.items()}, out_png)
+
+
 def norm_trend(counts, norms) -> dict[str, float]:
     """Spearman correlation of class size and norm, and the mean norm of the smaller half of the
     classes over that of the larger half (> 1: tail norms larger, i.e. inverted)."""
@@ -103,10 +121,11 @@ def plot_norms(run_dirs: Mapping[str, str | Path], out_png: str | Path, normaliz
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m longtail.bench.norms_plot", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m longtail.bench.run_plots", description=__doc__.split("\n")[0])
     parser.add_argument("out", help="the PNG to write")
     parser.add_argument("runs", nargs="+", help="LABEL=PATH (run folder, results.json, seeds folder or stage .pt)")
     parser.add_argument("--normalize", action="store_true", help="divide each run's norms by their mean")
+    parser.add_argument("--accuracy", help="also write per-class accuracy against training count to this PNG")
     args = parser.parse_args(argv)
     sources = {}
     for item in args.runs:
@@ -119,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: spearman(count, norm) = {trend['spearman_count_norm']:+.3f}, "
               f"tail/head mean norm = {trend['tail_over_head_norm']:.3f}")
     print(f"wrote {plot_norms(sources, args.out, normalize=args.normalize)}")
+    if args.accuracy:
+        print(f"wrote {plot_accuracy(sources, args.accuracy)}")
     return 0
 
 
