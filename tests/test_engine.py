@@ -133,3 +133,19 @@ def test_posthoc_and_ncm_stages_need_no_training(tmp_path):
     for method in ("ncm", "tau_norm", "posthoc_la"):
         results = runner.run_config(config(tmp_path, method))
         assert [t["stage"] for t in results["timings"]] == ["stage1", method]
+
+
+def test_iteration_based_stage_runs_exactly_that_many_steps(tmp_path, monkeypatch):
+    steps = []
+    original = StageTrainer._eager_step
+
+    def counting(self):
+        steps.append(1)
+        return original(self)
+
+    monkeypatch.setattr(StageTrainer, "_eager_step", counting)
+    # 90 images, batch 16 -> 6 steps per epoch; 20 iterations -> 4 epochs, the last with 2 steps
+    results = runner.run_config(config(tmp_path, "ce", "stages.0.iterations=20", "stages.0.schedule.warmup_epochs=0"))
+    assert len(steps) == 20
+    epochs = [json.loads(line) for line in (tmp_path / "ce" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 4 and results["timings"][0]["steps_per_epoch"] == 6

@@ -72,6 +72,7 @@ class StageConfig:
     name: str = "stage1"
     kind: str = "supervised"  # supervised | classifier (frozen encoder) | method-specific kinds
     epochs: int = 200
+    iterations: int = 0  # > 0: the stage lasts this many steps instead (epochs derived, last one cut short)
     batch_size: int = 128
     train: str = "all"  # all | head
     head: str | None = None  # re-initialise the head as this kind before the stage (e.g. linear, lws)
@@ -346,7 +347,9 @@ def validate(config: RunConfig) -> None:
                 f"{where}.schedule.name {sched.name!r}{closest(sched.name, ['multistep', 'cosine', 'constant'])} "
                 "is not one of multistep, cosine, constant"
             )
-        bad = [m for m in sched.milestones if not 0 < m < stage.epochs]
+        if stage.iterations < 0:
+            raise ConfigError(f"{where}.iterations must be 0 (use epochs) or positive, got {stage.iterations}")
+        bad = [] if stage.iterations else [m for m in sched.milestones if not 0 < m < stage.epochs]
         if bad:
             raise ConfigError(f"{where}.schedule.milestones {bad} lie outside 1..{stage.epochs - 1}")
     if config.eval.select not in ("last", "best_val"):

@@ -182,7 +182,8 @@ class Run:
                 self._finish_stage(ctx, index, stage)
                 continue
             stage_start = time.perf_counter()
-            plan = kind.build(ctx, stage) if start_epoch < stage.epochs or stage.kind != "supervised" else None
+            finished = start_epoch >= stage.epochs and not stage.iterations and kind.trains
+            plan = None if finished else kind.build(ctx, stage)
             trainer = None
             if plan is not None:
                 trainer = StageTrainer(plan, self.runtime, progress=config.engine.progress)

@@ -168,6 +168,8 @@ class SupervisedStage(StageKind):
         cached = head_only and stage.features == "cached"
         inputs, labels = self.training_data(ctx, stage, cached)
         offset = self.logit_offset(ctx, stage)
+        if stage.iterations:  # iteration-based stage: epochs of the sampler, the last one cut short
+            stage.epochs = -(-stage.iterations // -(-len(labels) // min(stage.batch_size, len(labels))))
         source = DeviceSource(
             inputs,
             labels,
@@ -226,6 +228,7 @@ class SupervisedStage(StageKind):
             post_step=post_step,
             graph_safe=getattr(loss_fn, "graph_safe", True),
             graph_unsafe_reason=f"loss {stage.loss['name']!r} is not CUDA-graph safe",
+            max_steps=stage.iterations,
         )
 
 

@@ -53,6 +53,7 @@ class StagePlan:
     post_step: list[Callable[[], None]] = field(default_factory=list)
     graph_safe: bool = True
     graph_unsafe_reason: str = ""
+    max_steps: int = 0  # > 0: stop after this many steps (iteration-based stages); the last epoch is partial
 
 
 def build_param_groups(named_params, config: OptimizerConfig) -> list[dict[str, Any]]:
@@ -175,7 +176,8 @@ class StageTrainer:
                 warnings.warn(f"stage {plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=2)
                 self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
                 done = warmup
-        for _ in range(done, steps):
+        last = steps if not plan.max_steps else min(steps, plan.max_steps - epoch * steps)
+        for _ in range(done, last):
             with DEVICE_RNG_LOCK:
                 if self.graph is not None:
                     self.graph.replay()
@@ -185,7 +187,7 @@ class StageTrainer:
             for hook in plan.hooks:
                 hook.on_epoch_end()
         loss_sum, correct = self.totals.tolist()  # the one host sync of the epoch
-        seen = steps * plan.source.batch_size
+        seen = last * plan.source.batch_size
         if not math.isfinite(loss_sum):
             raise TrainingError(
                 f"stage {plan.name!r}, epoch {epoch + 1}: the training loss is not finite ({loss_sum}). "
@@ -193,7 +195,7 @@ class StageTrainer:
                 "in the run folder is intact."
             )
         lr = float(self.optimizer.param_groups[0]["lr"])
-        return {"loss": loss_sum / steps, "train_acc": 100.0 * correct / seen, "lr": lr}
+        return {"loss": loss_sum / last, "train_acc": 100.0 * correct / seen, "lr": lr}
 
     def fit(
         self,
