@@ -1,5 +1,6 @@
 """LADC's stage 2: posterior formulas by hand, the 60% head/tail rule, the sampler's class
 frequencies, factored sampling = the calibration functions, and tiny end-to-end runs."""
+import json
 import math
 
 import numpy as np
@@ -283,6 +284,12 @@ def test_ladc_recipes_share_one_stage1_for_the_benchmark_harness():
     assert stages2["ladc_average"].options["calibration"] == "average"
     assert stages2["ladc_dc"].options["calibration"] == "dc"
     assert (stages2["ladc_cbs_crt"].kind, stages2["ladc_cbs_crt"].sampler["name"]) == ("supervised", "class_balanced")
+
+
+def test_ladc_stage_can_count_iterations(tmp_path, monkeypatch):
+    cfg, results = run(tmp_path, monkeypatch, "ladc", "stages.1.iterations=7", "stages.1.schedule.milestones=[3]")
+    epochs = [json.loads(line) for line in (tmp_path / "ladc" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs if e["stage"] == "ladc"] == [1, 2, 3]  # 90 draws / 32 = 3 steps an epoch
 
 
 @pytest.mark.parametrize("override, message", [("stages.1.train=all", "train: head"),

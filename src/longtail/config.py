@@ -103,7 +103,6 @@ class EngineConfig:
     amp: str | bool = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | on | off
     channels_last: str | bool = "auto"  # auto | on | off
     cuda_graph: str | bool = "auto"  # auto | on | off
-    compile: bool = False
     checkpoint_every: int = 20  # epochs; 0 disables periodic checkpoints
     cpu_threads: int = 0  # torch CPU threads (0: torch's default)
     progress: bool = True

@@ -16,7 +16,6 @@ after that takes seconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -48,29 +47,6 @@ NOT_COMPARABLE = (
     "TextCNN/TextRNN/Transformer trained on the text): a different dataset and setting, so its numbers "
     "are not comparable with this table and are not listed here."
 )
-
-
-@contextlib.contextmanager
-def newsgroups_loader() -> Iterator[None]:
-    """Let ``data.dataset: newsgroups`` load while ``longtail.data.factory`` does not know it yet.
-
-    A bridge: once the factory has the ``newsgroups`` entry this does nothing."""
-    from ..data import factory
-    from ..data.text import newsgroups_from_config
-
-    if "newsgroups" in factory.DATASETS:
-        yield
-        return
-    original = runner.load_dataset
-
-    def load(config):
-        return newsgroups_from_config(config) if config.dataset == "newsgroups" else original(config)
-
-    runner.load_dataset = load
-    try:
-        yield
-    finally:
-        runner.load_dataset = original
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -148,26 +124,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override for every run")
     args = parser.parse_args(argv)
-    command = "python -m longtail.bench.text_table " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python -m longtail.bench.text_table", *(argv if argv is not None else sys.argv[1:])])
     if args.threads:
         torch.set_num_threads(args.threads)
     started, start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     config_dir = Path(args.configs)
     common = ["engine.device=cpu", "engine.progress=false", f"output_dir={args.runs}", *args.overrides]
     results: dict[str, list[dict[str, Any]]] = {}
-    with newsgroups_loader():
-        first = load_config(config_dir / f"{args.methods[0]}.yaml", common)
-        t0 = time.perf_counter()
-        dataset = runner.load_dataset(first.data)  # embeds (or reads the cache) once, before timing runs
-        dataset_seconds = time.perf_counter() - t0
-        for method in args.methods:
-            for seed in args.seeds:
-                config = load_config(config_dir / f"{method}.yaml", [*common, f"seed={seed}", f"name={method}"])
-                result = run_config(config, command=command, fresh=not args.resume)
-                results.setdefault(method, []).append(result)
-                test = result["test"]
-                print(f"{method} seed {seed}: top-1 {test['top1']:.2f} (many {_num(test['many'])}, "
-                      f"medium {_num(test['medium'])}, few {_num(test['few'])}) {result['seconds']:.1f} s", flush=True)
+    first = load_config(config_dir / f"{args.methods[0]}.yaml", common)
+    t0 = time.perf_counter()
+    dataset = runner.load_dataset(first.data)  # embeds (or reads the cache) once, before timing runs
+    dataset_seconds = time.perf_counter() - t0
+    for method in args.methods:
+        for seed in args.seeds:
+            config = load_config(config_dir / f"{method}.yaml", [*common, f"seed={seed}", f"name={method}"])
+            result = run_config(config, command=command, fresh=not args.resume)
+            results.setdefault(method, []).append(result)
+            test = result["test"]
+            print(f"{method} seed {seed}: top-1 {test['top1']:.2f} (many {_num(test['many'])}, "
+                  f"medium {_num(test['medium'])}, few {_num(test['few'])}) {result['seconds']:.1f} s", flush=True)
     runtime = Runtime.resolve(first.engine)
     counts = dataset.class_counts.tolist()
     record = {

@@ -6,7 +6,7 @@ from ..errors import ConfigError
 from ..registry import closest
 from .dataset import LongTailedDataset
 
-DATASETS = ("digits", "cifar10", "cifar100", "prepared")
+DATASETS = ("digits", "cifar10", "cifar100", "newsgroups", "prepared")
 
 
 def load_dataset(config: DataConfig) -> LongTailedDataset:
@@ -40,6 +40,10 @@ def load_dataset(config: DataConfig) -> LongTailedDataset:
             download=config.download,
             counts=config.counts,
         )
+    if config.dataset == "newsgroups":
+        from .text import newsgroups_from_config
+
+        return newsgroups_from_config(config)
     raise ConfigError(
         f"unknown data.dataset {config.dataset!r}{closest(config.dataset, DATASETS)}; "
         f"valid: {', '.join(DATASETS)} (split-file datasets: see longtail.data.splitfile)"

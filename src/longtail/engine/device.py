@@ -31,7 +31,6 @@ class Runtime:
     bf16: bool
     channels_last: bool
     cuda_graph: bool
-    compile: bool
 
     @classmethod
     def resolve(cls, config: EngineConfig) -> "Runtime":
@@ -50,7 +49,6 @@ class Runtime:
             bf16=bf16,
             channels_last=_auto(config.channels_last, on_cuda, "channels_last"),
             cuda_graph=_auto(config.cuda_graph, on_cuda, "cuda_graph") and on_cuda,
-            compile=config.compile,
         )
 
     def autocast(self):
@@ -65,7 +63,6 @@ class Runtime:
             "bf16": self.bf16,
             "channels_last": self.channels_last,
             "cuda_graph": self.cuda_graph,
-            "compile": self.compile,
         }
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)

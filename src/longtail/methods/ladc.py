@@ -446,6 +446,8 @@ class LADCStage(StageKind):
         sampler = LADCSampler(features, labels, ctx.dataset.num_classes, opts)
         stage.options["record"] = sampler.record()
         source = CalibratedFeatureSource(sampler, stage.batch_size, opts.samples_per_epoch or int(labels.shape[0]))
+        if stage.iterations:  # iteration-based stage: whole epochs of draws, the last one cut short
+            stage.epochs = -(-stage.iterations // source.steps_per_epoch)
         loss_fn = _build_loss(ctx, stage.loss)
         head = model.head
         uses_features = getattr(loss_fn, "uses_features", False)
@@ -471,4 +473,5 @@ class LADCStage(StageKind):
             hooks=[loss_fn],
             graph_safe=getattr(loss_fn, "graph_safe", True),
             graph_unsafe_reason=f"loss {stage.loss['name']!r} is not CUDA-graph safe",
+            max_steps=stage.iterations,
         )
