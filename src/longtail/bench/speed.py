@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         eager_cfg = _ce_config(data_args, tmp, args.eager_epochs, ["engine.cuda_graph=off", "engine.amp=off", "engine.channels_last=off", "name=speed_eager"])
-        eager = run_config(eager_cfg, fresh=True)
+        run_config(eager_cfg, fresh=True)
         eager_epochs = _epoch_seconds(Path(tmp) / "speed_eager" / f"seed{args.seed}")
         record["eager_fp32"] = {
             "epoch_seconds": eager_epochs,

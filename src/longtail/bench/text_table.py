@@ -16,7 +16,6 @@ after that takes seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

@@ -32,7 +32,7 @@ from ..features.extract import extract_features
 from ..losses import build_loss
 from ..losses.logit_adjust import posthoc_logit_adjustment
 from ..models.factory import LTModel
-from ..models.heads import HEADS, FrozenBaseHead, Head, LinearHead, NCMHead, TauNormHead
+from ..models.heads import HEADS, FrozenBaseHead, Head, NCMHead, TauNormHead
 from ..registry import Registry
 from .device import Runtime
 from .maxnorm import MaxNorm
@@ -123,7 +123,9 @@ def _augment(name: str, device: torch.device) -> Callable[[torch.Tensor], torch.
     return lambda x: random_crop_flip(policy(x))
 
 
-def _build_loss(ctx: RunContext, spec: dict[str, Any]) -> nn.Module:
+def build_stage_loss(ctx: RunContext, spec: dict[str, Any]) -> nn.Module:
+    """The stage's loss ``{name: ..., **options}`` on the run's device, given the training counts
+    (and the current head, for losses such as IWB's that read the classifier weights)."""
     options = dict(spec)
     name = options.pop("name")
     from ..losses import LOSSES
@@ -146,6 +148,41 @@ def _mixer(ctx: RunContext, spec: dict[str, Any] | None):
     raise ConfigError(f"unknown mixing {name!r}; valid: mixup, remix")
 
 
+def make_plan(
+    stage: StageConfig,
+    source,
+    compute_loss,
+    trained: nn.Module,
+    frozen: nn.Module | None,
+    loss_fn: nn.Module,
+    hooks: list[Any] | None = None,
+    post_step: list[Callable[[], None]] | None = None,
+) -> StagePlan:
+    """The :class:`StagePlan` that trains ``trained``'s parameters (``frozen`` stays in eval mode).
+
+    ``hooks`` default to ``[loss_fn]``; a loss may declare ``graph_safe = False`` to run eagerly.
+    """
+    named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
+    if not named:
+        raise ConfigError(f"stage {stage.name!r} has no trainable parameters ({type(trained).__name__})")
+    return StagePlan(
+        name=stage.name,
+        epochs=stage.epochs,
+        source=source,
+        named_params=named,
+        compute_loss=compute_loss,
+        train_modules=[trained],
+        frozen_modules=[frozen] if frozen is not None else [],
+        optimizer=stage.optimizer,
+        schedule=stage.schedule,
+        hooks=hooks if hooks is not None else [loss_fn],
+        post_step=post_step or [],
+        graph_safe=getattr(loss_fn, "graph_safe", True),
+        graph_unsafe_reason=f"loss {stage.loss['name']!r} is not CUDA-graph safe",
+        max_steps=stage.iterations,
+    )
+
+
 @STAGE_KINDS.register("supervised")
 class SupervisedStage(StageKind):
     """Gradient-descent training on real data: the whole network, or the head on a frozen encoder."""
@@ -161,7 +198,7 @@ class SupervisedStage(StageKind):
 
     def build(self, ctx: RunContext, stage: StageConfig) -> StagePlan:
         model, runtime = ctx.model, ctx.runtime
-        loss_fn = _build_loss(ctx, stage.loss)
+        loss_fn = build_stage_loss(ctx, stage.loss)
         mixer = _mixer(ctx, stage.mixing)
         strategy = build_sampler(stage.sampler["name"], **{k: v for k, v in stage.sampler.items() if k != "name"})
         head_only = stage.train == "head"
@@ -210,25 +247,14 @@ class SupervisedStage(StageKind):
             weight = model.head.class_weight()
             cap = MaxNorm.from_initial_norms(weight, **stage.max_norm)
             post_step.append(lambda: cap.apply_(weight))
-        trained = model.head if head_only else model
-        named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
-        if not named:
-            raise ConfigError(f"stage {stage.name!r} has no trainable parameters (head {type(model.head).__name__})")
-        return StagePlan(
-            name=stage.name,
-            epochs=stage.epochs,
-            source=source,
-            named_params=named,
-            compute_loss=compute_loss,
-            train_modules=[model.head] if head_only else [model],
-            frozen_modules=[encoder] if head_only else [],
-            optimizer=stage.optimizer,
-            schedule=stage.schedule,
-            hooks=[loss_fn],
+        return make_plan(
+            stage,
+            source,
+            compute_loss,
+            trained=model.head if head_only else model,
+            frozen=encoder if head_only else None,
+            loss_fn=loss_fn,
             post_step=post_step,
-            graph_safe=getattr(loss_fn, "graph_safe", True),
-            graph_unsafe_reason=f"loss {stage.loss['name']!r} is not CUDA-graph safe",
-            max_steps=stage.iterations,
         )
 
 

@@ -90,13 +90,12 @@ from torch import nn
 from ..config import StageConfig
 from ..data.sampling import build_sampler
 from ..engine.sources import DeviceSource
-from ..engine.stages import STAGE_KINDS, RunContext, StageKind
+from ..engine.stages import STAGE_KINDS, RunContext, StageKind, build_stage_loss, make_plan
 from ..engine.trainer import StagePlan
 from ..errors import ConfigError, DataError
 from ..features.calibration import adapt_beta, glag_calibrate, head_tail_split, init_beta
 from ..features.gaussian import sample_gaussians
 from ..features.statistics import ClassStatistics, tukey_transform
-from ..losses import build_loss
 from ..losses.distillation import DistillationLoss
 from ..losses.gradual import gradual_alpha
 from ..models.heads import FrozenBaseHead
@@ -594,8 +593,7 @@ class GLAGAFGStage(StageKind):
                 prev_acc = per_class_accuracy(head, val[0], val[1], C)
                 record["val_acc_last"] = [float(a) for a in prev_acc.tolist()]
 
-        loss_spec = dict(stage.loss)
-        ce = build_loss(loss_spec.pop("name"), class_counts=ctx.class_counts.tolist(), **loss_spec).to(device)
+        ce = build_stage_loss(ctx, stage.loss)
         loss = GLAGStage2Loss(
             ce, head.base if opts["kd"] else None, head_mask, opts["kd_temperature"], opts["kd_on"]
         ).to(device)
@@ -611,20 +609,4 @@ class GLAGAFGStage(StageKind):
             logits = head(x)
             return loss(logits, y, x), logits
 
-        named = [(n, p) for n, p in head.named_parameters() if p.requires_grad]
-        if not named:
-            raise ConfigError(f"stage {stage.name!r} has no trainable parameters (head {type(head).__name__})")
-        return StagePlan(
-            name=stage.name,
-            epochs=stage.epochs,
-            source=source,
-            named_params=named,
-            compute_loss=compute_loss,
-            train_modules=[head],
-            frozen_modules=[model.encoder],
-            optimizer=stage.optimizer,
-            schedule=stage.schedule,
-            hooks=[ce, adapter],
-            graph_safe=getattr(ce, "graph_safe", True),
-            graph_unsafe_reason=f"loss {stage.loss['name']!r} is not CUDA-graph safe",
-        )
+        return make_plan(stage, source, compute_loss, trained=head, frozen=model.encoder, loss_fn=ce, hooks=[ce, adapter])

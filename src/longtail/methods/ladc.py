@@ -102,12 +102,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..config import StageConfig
-from ..engine.stages import STAGE_KINDS, RunContext, StageKind, _build_loss, make_head
+from ..engine.stages import STAGE_KINDS, RunContext, StageKind, build_stage_loss, make_head, make_plan
 from ..engine.trainer import StagePlan
 from ..errors import ConfigError
 from ..features.calibration import (
@@ -448,7 +448,7 @@ class LADCStage(StageKind):
         source = CalibratedFeatureSource(sampler, stage.batch_size, opts.samples_per_epoch or int(labels.shape[0]))
         if stage.iterations:  # iteration-based stage: whole epochs of draws, the last one cut short
             stage.epochs = -(-stage.iterations // source.steps_per_epoch)
-        loss_fn = _build_loss(ctx, stage.loss)
+        loss_fn = build_stage_loss(ctx, stage.loss)
         head = model.head
         uses_features = getattr(loss_fn, "uses_features", False)
 
@@ -457,21 +457,4 @@ class LADCStage(StageKind):
             loss = loss_fn(logits, y, features=x) if uses_features else loss_fn(logits, y)
             return loss, logits
 
-        named = [(n, p) for n, p in head.named_parameters() if p.requires_grad]
-        if not named:
-            raise ConfigError(f"stage {stage.name!r} has no trainable parameters (head {type(head).__name__})")
-        return StagePlan(
-            name=stage.name,
-            epochs=stage.epochs,
-            source=source,
-            named_params=named,
-            compute_loss=compute_loss,
-            train_modules=[head],
-            frozen_modules=[model.encoder],
-            optimizer=stage.optimizer,
-            schedule=stage.schedule,
-            hooks=[loss_fn],
-            graph_safe=getattr(loss_fn, "graph_safe", True),
-            graph_unsafe_reason=f"loss {stage.loss['name']!r} is not CUDA-graph safe",
-            max_steps=stage.iterations,
-        )
+        return make_plan(stage, source, compute_loss, trained=head, frozen=model.encoder, loss_fn=loss_fn)
