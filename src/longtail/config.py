@@ -25,8 +25,13 @@ from .registry import closest
 class DataConfig:
     """Which dataset, how it is made long-tailed, and where it lives."""
 
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | prepared
-    root: str = ".data"
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | newsgroups | prepared | splitfile | folder
+    root: str = ".data"  # splitfile: the folder the lists' paths start from; folder: holds train/, test/, val/
+    train_list: str | None = None  # splitfile: `path label` lists (e.g. ImageNet_LT_train.txt)
+    val_list: str | None = None
+    test_list: str | None = None
+    image_size: int = 224  # splitfile/folder: training crop and evaluation centre crop
+    workers: int = 8  # splitfile/folder: DataLoader worker processes
     imbalance_factor: float = 100.0
     profile: str = "exp"  # exp | step | explicit
     counts: list[int] | None = None  # explicit per-class counts (profile: explicit)

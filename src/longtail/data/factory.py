@@ -1,16 +1,22 @@
 """Build the dataset a config names (``data:`` section)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config import DataConfig
 from ..errors import ConfigError
 from ..registry import closest
 from .dataset import LongTailedDataset
 
-DATASETS = ("digits", "cifar10", "cifar100", "newsgroups", "prepared")
+if TYPE_CHECKING:
+    from .files import FileDataset
+
+DATASETS = ("digits", "cifar10", "cifar100", "newsgroups", "prepared", "splitfile", "folder")
 
 
-def load_dataset(config: DataConfig) -> LongTailedDataset:
-    """The long-tailed dataset described by ``config`` (a prepared file wins when given)."""
+def load_dataset(config: DataConfig) -> LongTailedDataset | FileDataset:
+    """The long-tailed dataset described by ``config`` (a prepared file wins when given);
+    ``splitfile`` and ``folder`` give a :class:`FileDataset` (images stay on disk)."""
     if config.prepared or config.dataset == "prepared":
         from .prepared import load_prepared
 
@@ -44,7 +50,10 @@ def load_dataset(config: DataConfig) -> LongTailedDataset:
         from .text import newsgroups_from_config
 
         return newsgroups_from_config(config)
+    if config.dataset in ("splitfile", "folder"):
+        from .files import load_file_dataset
+
+        return load_file_dataset(config)
     raise ConfigError(
-        f"unknown data.dataset {config.dataset!r}{closest(config.dataset, DATASETS)}; "
-        f"valid: {', '.join(DATASETS)} (split-file datasets: see longtail.data.splitfile)"
+        f"unknown data.dataset {config.dataset!r}{closest(config.dataset, DATASETS)}; valid: {', '.join(DATASETS)}"
     )

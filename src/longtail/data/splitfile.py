@@ -41,6 +41,16 @@ def read_split_file(path) -> tuple[list[str], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 
+def load_image(file: Path):
+    """The image at ``file`` as an RGB PIL image; a missing or unreadable file is a DataError."""
+    try:
+        return default_loader(str(file))
+    except FileNotFoundError:
+        raise DataError(f"missing image {file}; set root to the folder the split file's paths start from") from None
+    except OSError as e:
+        raise DataError(f"unreadable image {file} ({e}); replace the file or drop its line") from None
+
+
 class SplitFileDataset(torch.utils.data.Dataset):
     """Images ``root/<path>`` listed in ``split_file``; items are ``(transform(PIL RGB image), label)``.
 
@@ -71,13 +81,7 @@ class SplitFileDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        file = self.root / self.paths[index]
-        try:
-            image = default_loader(str(file))
-        except FileNotFoundError:
-            raise DataError(f"missing image {file}; set root to the folder the split file's paths start from") from None
-        except OSError as e:
-            raise DataError(f"unreadable image {file} ({e}); replace the file or drop its line") from None
+        image = load_image(self.root / self.paths[index])
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])

@@ -34,6 +34,7 @@ import yaml
 
 from ..config import RunConfig, to_dict
 from ..data.factory import load_dataset
+from ..data.files import FileDataset, FileSplit
 from ..eval.metrics import EvalResult, weight_norms
 from ..eval.plots import plot_per_class_accuracy, plot_weight_norms
 from ..eval.report import format_report, write_json
@@ -84,12 +85,14 @@ def run_dir_of(config: RunConfig) -> Path:
     return Path(config.output_dir) / config.name / f"seed{config.seed}"
 
 
-def _to_device(dataset, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _to_device(dataset, device: torch.device) -> dict[str, tuple[torch.Tensor | FileSplit, torch.Tensor]]:
+    """Each split's (inputs, labels) on the device; a file-backed split's images stay on disk."""
     splits = {"train": dataset.train, "test": dataset.test}
     if dataset.val is not None:
         splits["val"] = dataset.val
+    file_backed = isinstance(dataset, FileDataset)
     return {
-        name: (torch.as_tensor(split.x).to(device), torch.as_tensor(split.y).to(device))
+        name: (split if file_backed else torch.as_tensor(split.x).to(device), torch.as_tensor(split.y).to(device))
         for name, split in splits.items()
     }
 
@@ -120,7 +123,7 @@ class Run:
 
     def _build_model(self, dataset):
         config = self.config
-        in_channels = dataset.train.x.shape[1] if dataset.is_image else 3
+        in_channels = 3 if isinstance(dataset, FileDataset) or not dataset.is_image else dataset.train.x.shape[1]
         model = build_model(
             "identity" if not dataset.is_image else config.model.encoder,
             dataset.num_classes,

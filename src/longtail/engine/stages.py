@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import RunConfig, StageConfig
 from ..data.dataset import LongTailedDataset
+from ..data.files import FileDataset, FileSplit
 from ..data.gpu_augment import AutoAugment, RandAugment, random_crop_flip
 from ..data.mixing import mixed_loss, mixup, remix
 from ..data.sampling import build_sampler
@@ -35,6 +36,7 @@ from ..models.factory import LTModel
 from ..models.heads import HEADS, FrozenBaseHead, Head, NCMHead, TauNormHead
 from ..registry import Registry
 from .device import Runtime
+from .file_source import LoaderSource, eval_batches
 from .maxnorm import MaxNorm
 from .sources import DeviceSource
 from .trainer import StagePlan
@@ -48,9 +50,9 @@ class RunContext:
 
     config: RunConfig
     runtime: Runtime
-    dataset: LongTailedDataset
+    dataset: LongTailedDataset | FileDataset
     model: LTModel
-    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (inputs, labels) on the device
+    splits: dict[str, tuple[torch.Tensor | FileSplit, torch.Tensor]]  # name -> (inputs, labels); labels on the device
     run_dir: Path
     class_counts: np.ndarray = field(init=False)
     feature_cache: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -65,16 +67,18 @@ class RunContext:
         """Encoder features of a split (no augmentation), cached until the encoder changes."""
         if split not in self.feature_cache:
             inputs, _ = self.splits[split]
-            self.feature_cache[split] = extract_features(
-                self.model.encoder,
-                inputs,
-                self.dataset.mean,
-                self.dataset.std,
+            options = dict(
                 batch_size=self.config.eval.batch_size,
                 device=self.runtime.device,
                 autocast_dtype=torch.bfloat16 if self.runtime.bf16 else None,
                 channels_last=self.runtime.channels_last,
             )
+            if isinstance(inputs, FileSplit):  # normalised batches from a DataLoader
+                batches = eval_batches(inputs, options["batch_size"], self.runtime, self.dataset.mean, self.dataset.std)
+                features = torch.cat([extract_features(self.model.encoder, x, **options) for x in batches])
+            else:
+                features = extract_features(self.model.encoder, inputs, self.dataset.mean, self.dataset.std, **options)
+            self.feature_cache[split] = features
         return self.feature_cache[split]
 
 
@@ -160,11 +164,13 @@ def make_plan(
 ) -> StagePlan:
     """The :class:`StagePlan` that trains ``trained``'s parameters (``frozen`` stays in eval mode).
 
-    ``hooks`` default to ``[loss_fn]``; a loss may declare ``graph_safe = False`` to run eagerly.
+    ``hooks`` default to ``[loss_fn]``; a loss may declare ``graph_safe = False`` to run eagerly, a
+    source a ``graph_unsafe_reason`` (e.g. a :class:`LoaderSource`).
     """
     named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
     if not named:
         raise ConfigError(f"stage {stage.name!r} has no trainable parameters ({type(trained).__name__})")
+    source_reason = getattr(source, "graph_unsafe_reason", None)
     return StagePlan(
         name=stage.name,
         epochs=stage.epochs,
@@ -177,8 +183,8 @@ def make_plan(
         schedule=stage.schedule,
         hooks=hooks if hooks is not None else [loss_fn],
         post_step=post_step or [],
-        graph_safe=getattr(loss_fn, "graph_safe", True),
-        graph_unsafe_reason=f"loss {stage.loss['name']!r} is not CUDA-graph safe",
+        graph_safe=source_reason is None and getattr(loss_fn, "graph_safe", True),
+        graph_unsafe_reason=source_reason or f"loss {stage.loss['name']!r} is not CUDA-graph safe",
         max_steps=stage.iterations,
     )
 
@@ -207,18 +213,23 @@ class SupervisedStage(StageKind):
         offset = self.logit_offset(ctx, stage)
         if stage.iterations:  # iteration-based stage: epochs of the sampler, the last one cut short
             stage.epochs = -(-stage.iterations // -(-len(labels) // min(stage.batch_size, len(labels))))
-        source = DeviceSource(
-            inputs,
-            labels,
-            ctx.dataset.num_classes,
-            strategy,
-            stage.batch_size,
-            stage.epochs,
-            augment=None if cached else _augment(stage.augment, runtime.device),
-            mean=ctx.dataset.mean,
-            std=ctx.dataset.std,
-            channels_last=runtime.channels_last,
-        )
+        if isinstance(inputs, FileSplit):  # images streamed from disk
+            source = LoaderSource(
+                inputs, strategy, stage.batch_size, stage.epochs, runtime, stage.augment, ctx.dataset.mean, ctx.dataset.std
+            )
+        else:
+            source = DeviceSource(
+                inputs,
+                labels,
+                ctx.dataset.num_classes,
+                strategy,
+                stage.batch_size,
+                stage.epochs,
+                augment=None if cached else _augment(stage.augment, runtime.device),
+                mean=ctx.dataset.mean,
+                std=ctx.dataset.std,
+                channels_last=runtime.channels_last,
+            )
         encoder = model.encoder
 
         def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
