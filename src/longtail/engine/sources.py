@@ -75,9 +75,3 @@ class DeviceSource:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
-
-
-def iterate_batches(inputs: torch.Tensor, batch_size: int):
-    """Plain in-order batches of ``inputs`` (evaluation, feature extraction)."""
-    for start in range(0, inputs.shape[0], batch_size):
-        yield inputs[start : start + batch_size]

@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -28,12 +28,6 @@ from .schedules import factor_table
 from .sources import DeviceSource
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-class EpochHook(Protocol):
-    def on_epoch_start(self, epoch: int, total_epochs: int) -> None: ...
-
-    def on_epoch_end(self) -> None: ...
 
 
 @dataclass
@@ -163,9 +157,10 @@ class StageTrainer:
             plan.source.start_epoch(epoch)
             self.step_index.fill_(epoch * steps)
             self.totals.zero_()
+        last = steps if not plan.max_steps else min(steps, plan.max_steps - epoch * steps)
         done = 0
         if self.graph is None and self._use_graph():
-            warmup = min(3, steps)
+            warmup = min(3, last)
             try:
                 with DEVICE_RNG_LOCK:
                     self._capture(warmup)
@@ -176,7 +171,6 @@ class StageTrainer:
                 warnings.warn(f"stage {plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=2)
                 self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
                 done = warmup
-        last = steps if not plan.max_steps else min(steps, plan.max_steps - epoch * steps)
         for _ in range(done, last):
             with DEVICE_RNG_LOCK:
                 if self.graph is not None:
