@@ -45,6 +45,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     encoder: str = "resnet32"
+    pretrained: bool = False  # torchvision ImageNet weights, where the encoder has them (needs a download)
     head: str = "linear"
     head_options: dict[str, Any] = field(default_factory=dict)
 

@@ -130,6 +130,7 @@ class Run:
             head=config.model.head,
             in_channels=in_channels,
             in_dim=None if dataset.is_image else dataset.train.x.shape[1],
+            pretrained=config.model.pretrained,
             **config.model.head_options,
         ).to(self.runtime.device)
         if self.runtime.channels_last and dataset.is_image:
