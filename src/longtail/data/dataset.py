@@ -33,8 +33,44 @@ class ArraySplit:
         return int(self.y.shape[0])
 
 
+class ClassCountedDataset:
+    """What in-memory and file-backed datasets share: class counts from the training split and
+    the label checks (labels within 0..C-1, no empty class)."""
+
+    name: str
+    num_classes: int
+
+    def check_labels(self) -> None:
+        for split_name in ("train", "test", "val"):
+            split = getattr(self, split_name)
+            if split is None or not len(split):
+                continue
+            low, high = int(split.y.min()), int(split.y.max())
+            if low < 0 or high >= self.num_classes:
+                raise DataError(
+                    f"{self.name} {split_name} labels span [{low}, {high}] but the dataset has {self.num_classes} "
+                    f"classes (labels 0..{self.num_classes - 1}); remap the labels, set num_classes, or use "
+                    "the split list that matches the training list"
+                )
+        empty = np.flatnonzero(self.class_counts == 0)
+        if empty.size:
+            raise DataError(
+                f"{self.name}: classes {empty.tolist()[:10]} have no training samples; every class needs "
+                "at least one (lower the imbalance factor, fix the training list, or drop the class)"
+            )
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.train.y, minlength=self.num_classes)
+
+    @property
+    def imbalance_factor(self) -> float:
+        counts = self.class_counts
+        return float(counts.max() / counts.min())
+
+
 @dataclass
-class LongTailedDataset:
+class LongTailedDataset(ClassCountedDataset):
     """Train/val/test splits plus what is needed to reproduce and describe them."""
 
     name: str
@@ -48,31 +84,8 @@ class LongTailedDataset:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for split_name, split in (("train", self.train), ("test", self.test), ("val", self.val)):
-            if split is None:
-                continue
-            if len(split) and (split.y.min() < 0 or split.y.max() >= self.num_classes):
-                raise DataError(
-                    f"{self.name} {split_name} labels span [{split.y.min()}, {split.y.max()}] "
-                    f"but the dataset has {self.num_classes} classes (labels 0..{self.num_classes - 1}); "
-                    "remap the labels or set num_classes"
-                )
-        empty = np.flatnonzero(self.class_counts == 0)
-        if empty.size:
-            raise DataError(
-                f"{self.name}: classes {empty.tolist()[:10]} have no training samples; "
-                "every class needs at least one (lower the imbalance factor or drop the class)"
-            )
-
-    @property
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.train.y, minlength=self.num_classes)
+        self.check_labels()
 
     @property
     def is_image(self) -> bool:
         return self.train.x.ndim == 4
-
-    @property
-    def imbalance_factor(self) -> float:
-        counts = self.class_counts
-        return float(counts.max() / counts.min())

@@ -20,6 +20,7 @@ from torchvision import transforms as T
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from .dataset import ClassCountedDataset
 from .splitfile import ClassFolderDataset, load_image, read_split_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,7 +55,7 @@ class FileSplit(torch.utils.data.Dataset):
 
 
 @dataclass(eq=False)
-class FileDataset:
+class FileDataset(ClassCountedDataset):
     """Train/test(/val) :class:`FileSplit` s plus what describes them (``meta``: the lists' sha256)."""
 
     name: str
@@ -69,28 +70,7 @@ class FileDataset:
     is_image = True
 
     def __post_init__(self) -> None:
-        for split_name in ("test", "val"):
-            split = getattr(self, split_name)
-            if split is not None and split.y.max() >= self.num_classes:
-                raise DataError(
-                    f"{self.name} {split_name} has label {split.y.max()} but the training split has only "
-                    f"{self.num_classes} classes; use the {split_name} list that matches the training list"
-                )
-        empty = np.flatnonzero(self.class_counts == 0)
-        if empty.size:
-            raise DataError(
-                f"{self.name}: classes {empty.tolist()[:10]} have no training images; "
-                "every class needs at least one (fix the training list or drop the class)"
-            )
-
-    @property
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.train.y, minlength=self.num_classes)
-
-    @property
-    def imbalance_factor(self) -> float:
-        counts = self.class_counts
-        return float(counts.max() / counts.min())
+        self.check_labels()
 
 
 def train_transform(image_size: int, mean, std, augment: str = "crop_flip") -> Callable:
