@@ -32,3 +32,11 @@ def test_missing_config_file_is_a_clear_error(capsys):
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_the_builtin_default_runs_on_the_real_digits_data(tmp_path, capsys):
+    """The README's first command (`longtail train`), shortened to two epochs."""
+    assert main(["train", f"output_dir={tmp_path}", "stages.0.epochs=2", "engine.progress=false"]) == 0
+    out = capsys.readouterr().out
+    assert "digits_lt_ce (seed 0)" in out and "Few <20" in out
+    assert (tmp_path / "digits_lt_ce" / "seed0" / "results.json").is_file()
