@@ -5,7 +5,6 @@ Synthetic pickle folders in both layouts are written by the tests; the real-data
 """
 import hashlib
 import pickle
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,6 @@ from longtail.data.profiles import exponential_profile
 from longtail.data.validation import balanced_validation_split, validation_shortfall
 from longtail.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-python.tar.xz"
 PER_CLASS = 20  # synthetic training images per class
 
 
@@ -286,18 +283,6 @@ def test_validation_split_errors():
 
 
 # ---------------------------------------------------------------- real CIFAR-10
-
-
-@pytest.fixture(scope="module")
-def real_cifar_root(tmp_path_factory):
-    if (REPO / ".data" / "cifar-10-batches-py" / "test_batch").is_file():
-        return REPO / ".data"
-    if not SHARED_TAR.is_file():
-        pytest.skip(f"{SHARED_TAR} is absent")
-    root = tmp_path_factory.mktemp("cifar")
-    with tarfile.open(SHARED_TAR) as tar:
-        tar.extractall(root, filter="data")
-    return root
 
 
 @pytest.mark.realdata

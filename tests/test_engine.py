@@ -17,8 +17,9 @@ from longtail.losses.ce import CrossEntropyLoss
 COUNTS = [48, 24, 12, 6]
 
 
-def tiny_dataset(_config=None) -> LongTailedDataset:
-    """4 classes whose images differ in brightness, so a few epochs learn something."""
+def tiny_dataset(_config=None, val: bool = False) -> LongTailedDataset:
+    """4 classes whose 8x8 images differ in brightness, so a few epochs learn something;
+    ``val``: also a balanced validation split of 8 per class."""
     rng = np.random.default_rng(0)
 
     def make(labels):
@@ -27,7 +28,9 @@ def tiny_dataset(_config=None) -> LongTailedDataset:
 
     y = np.concatenate([np.full(n, c) for c, n in enumerate(COUNTS)])
     yt = np.repeat(np.arange(4), 8)
+    yv = np.repeat(np.arange(4), 8)
     return LongTailedDataset("tiny", 4, list("abcd"), ArraySplit(make(y), y), ArraySplit(make(yt), yt),
+                             val=ArraySplit(make(yv), yv) if val else None,
                              mean=(0.5,) * 3, std=(0.25,) * 3, meta={"source": "test"})
 
 

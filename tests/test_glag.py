@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import longtail.engine.runner as runner
 from longtail.config import load_config
-from longtail.data.dataset import ArraySplit, LongTailedDataset
+from longtail.data.dataset import LongTailedDataset
 from longtail.engine.device import Runtime
 from longtail.engine.stages import RunContext, stage_kind
 from longtail.errors import ConfigError
@@ -24,25 +24,14 @@ from longtail.methods.glag import (
 )
 from longtail.models.factory import build_model
 from longtail.models.heads import LinearHead, LWSHead
+from tests.test_engine import tiny_dataset as shared_tiny_dataset
 
-COUNTS = [48, 24, 12, 6]
 D64 = torch.float64
 
 
 def tiny_dataset(_config=None, val=True) -> LongTailedDataset:
-    """4 classes whose 8x8 images differ in brightness; a balanced validation split of 8 per class."""
-    rng = np.random.default_rng(0)
-
-    def make(labels):
-        base = rng.integers(0, 40, (len(labels), 3, 8, 8))
-        return (base + 60 * labels[:, None, None, None]).astype(np.uint8)
-
-    y = np.concatenate([np.full(n, c) for c, n in enumerate(COUNTS)])
-    yt = np.repeat(np.arange(4), 8)
-    yv = np.repeat(np.arange(4), 8)
-    return LongTailedDataset("tiny", 4, list("abcd"), ArraySplit(make(y), y), ArraySplit(make(yt), yt),
-                             val=ArraySplit(make(yv), yv) if val else None,
-                             mean=(0.5,) * 3, std=(0.25,) * 3, meta={"source": "test"})
+    """The shared tiny dataset, here with its validation split by default (GLAG adapts beta on it)."""
+    return shared_tiny_dataset(_config, val=val)
 
 
 def config(tmp_path, method="glag", *extra):

@@ -20,6 +20,7 @@ from longtail.methods.ladc import (
     _ladc_factored,
 )
 from longtail.models.heads import LWSHead, LWSPlusHead, LinearHead
+from tests.test_engine import tiny_dataset
 
 
 # ------------------------------------------------------------------------- hand-computed posterior
@@ -202,23 +203,7 @@ def test_options_are_validated():
 
 # ------------------------------------------------------------------------- end to end
 
-COUNTS = [48, 24, 12, 6]
-
-
-def tiny_images(_config=None) -> LongTailedDataset:
-    rng = np.random.default_rng(0)
-
-    def make(labels):
-        base = rng.integers(0, 40, (len(labels), 3, 8, 8))
-        return (base + 60 * labels[:, None, None, None]).astype(np.uint8)
-
-    y = np.concatenate([np.full(n, c) for c, n in enumerate(COUNTS)])
-    yt = np.repeat(np.arange(4), 8)
-    return LongTailedDataset("tiny", 4, list("abcd"), ArraySplit(make(y), y), ArraySplit(make(yt), yt),
-                             mean=(0.5,) * 3, std=(0.25,) * 3, meta={"source": "test"})
-
-
-def run(tmp_path, monkeypatch, method, *extra, dataset=tiny_images):
+def run(tmp_path, monkeypatch, method, *extra, dataset=tiny_dataset):
     monkeypatch.setattr(runner, "load_dataset", dataset)
     cfg = load_config(
         mapping={"method": method, "name": method},

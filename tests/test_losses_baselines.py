@@ -9,20 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from longtail.errors import ConfigError
-from longtail.losses import (  # noqa: F401  (importing fills the registry)
-    ce,
-    class_balanced,
-    distillation,
-    equalization,
-    focal,
-    ghm,
-    label_aware_smoothing,
-    ldam,
-    logit_adjust,
-    reweighting,
-    seesaw,
-)
-from longtail.losses.base import LOSSES, Loss, build_loss
+from longtail.losses import LOSSES, Loss, build_loss  # the package import fills the registry
 from longtail.losses.class_balanced import class_balanced_weights
 from longtail.losses.distillation import DistillationLoss
 from longtail.losses.label_aware_smoothing import label_aware_smoothing_factors

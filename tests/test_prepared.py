@@ -1,6 +1,5 @@
 """Prepared files: exact round trips, corruption detection, atomic writes, size on real CIFAR-10-LT."""
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,6 @@ from longtail.data.dataset import ArraySplit, LongTailedDataset
 from longtail.data.prepared import load_prepared, save_prepared
 from longtail.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-python.tar.xz"
 
 
 def _split(rng, n, shape, num_classes, dtype=np.uint8, indices=True):
@@ -113,20 +110,6 @@ def test_failed_save_keeps_the_old_file(tmp_path):
     with pytest.raises(DataError, match="does not survive JSON"):
         save_prepared(bad, path)
     assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
-
-
-@pytest.fixture(scope="module")
-def real_cifar_root(tmp_path_factory):
-    if (REPO / ".data" / "cifar-10-batches-py" / "test_batch").is_file():
-        return REPO / ".data"
-    if not SHARED_TAR.is_file():
-        pytest.skip(f"{SHARED_TAR} is absent")
-    import tarfile
-
-    root = tmp_path_factory.mktemp("cifar")
-    with tarfile.open(SHARED_TAR) as tar:
-        tar.extractall(root, filter="data")
-    return root
 
 
 @pytest.mark.realdata
