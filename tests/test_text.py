@@ -176,7 +176,6 @@ def test_text_configs_run_end_to_end(tmp_path, monkeypatch, method):
 def test_text_table_writes_json_and_markdown(tmp_path, monkeypatch):
     fake = fake_newsgroups(tmp_path / "data")
     monkeypatch.setattr(runner, "load_dataset", fake)
-    monkeypatch.setattr(text, "newsgroups_from_config", fake)
     out = tmp_path / "results"
     argv = ["--seeds", "0", "1", "--methods", "ce", "ladc", "--runs", str(tmp_path / "runs"), "--results", str(out),
             "--configs", str(REPO / "configs" / "newsgroups_lt"), "--set", "stages.0.epochs=3",

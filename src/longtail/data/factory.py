@@ -47,9 +47,17 @@ def load_dataset(config: DataConfig) -> LongTailedDataset | FileDataset:
             counts=config.counts,
         )
     if config.dataset == "newsgroups":
-        from .text import newsgroups_from_config
+        from .text import build_newsgroups_lt
 
-        return newsgroups_from_config(config)
+        return build_newsgroups_lt(
+            root=config.root,
+            imbalance_factor=config.imbalance_factor,
+            seed=config.selection_seed,
+            profile=config.profile,
+            rule=config.selection,
+            val_per_class=config.val_per_class,
+            counts=config.counts,
+        )
     if config.dataset in ("splitfile", "folder"):
         from .files import load_file_dataset
 

@@ -75,7 +75,6 @@ __all__ = [
     "MiniLMEmbedder",
     "embed_texts",
     "build_newsgroups_lt",
-    "newsgroups_from_config",
 ]
 
 TARBALL = "20news-bydate.tar.xz"
@@ -412,19 +411,4 @@ def build_newsgroups_lt(
             "feature_dim": int(train.x.shape[1]),
             "embedding_keys": {"train": train_key, "test": test_key, "val": val_key},
         },
-    )
-
-
-def newsgroups_from_config(config) -> LongTailedDataset:
-    """:func:`build_newsgroups_lt` from a config's ``data:`` section (``dataset: newsgroups``):
-    ``root``, ``imbalance_factor``, ``profile`` (+ ``counts``), ``selection`` (rule),
-    ``selection_seed``, ``val_per_class``; embeddings cached in ``.data/embeddings``."""
-    return build_newsgroups_lt(
-        root=config.root,
-        imbalance_factor=config.imbalance_factor,
-        seed=config.selection_seed,
-        profile=config.profile,
-        rule=config.selection,
-        val_per_class=config.val_per_class,
-        counts=config.counts,
     )
