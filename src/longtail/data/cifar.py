@@ -203,6 +203,21 @@ def indices_sha256(indices) -> str:
     return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
 
 
+def subset_meta(profile: str, imbalance_factor: float, target, rule: str, seed: int, selected, train_idx) -> dict:
+    """The provenance record of a long-tailed subset: profile, counts, selection rule and seed,
+    and the sha256 of the selected and of the final training indices (they differ when a
+    validation split borrowed training images)."""
+    return {
+        "profile": profile,
+        "imbalance_factor": float(imbalance_factor),
+        "profile_counts": np.asarray(target).tolist(),
+        "rule": rule,
+        "seed": int(seed),
+        "selected_indices_sha256": indices_sha256(selected),
+        "train_indices_sha256": indices_sha256(train_idx),
+    }
+
+
 def build_cifar_lt(
     root,
     name: str = "cifar10",
@@ -247,13 +262,7 @@ def build_cifar_lt(
         std=CIFAR_STD,
         meta={
             "source": str(folder.resolve()),
-            "profile": profile,
-            "imbalance_factor": float(imbalance_factor),
-            "profile_counts": target.tolist(),
-            "rule": rule,
-            "seed": int(seed),
-            "selected_indices_sha256": indices_sha256(selected),
-            "train_indices_sha256": indices_sha256(train_idx),
+            **subset_meta(profile, imbalance_factor, target, rule, seed, selected, train_idx),
             "val_policy": val_policy,
         },
     )

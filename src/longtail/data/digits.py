@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from ..errors import DataError
-from .cifar import indices_sha256, select_long_tailed
+from .cifar import indices_sha256, select_long_tailed, subset_meta
 from .dataset import ArraySplit, LongTailedDataset
 from .profiles import build_profile
 from .validation import split_validation
@@ -68,15 +68,9 @@ def build_digits_lt(
         std=(float(scaled.std()),),
         meta={
             "source": "sklearn.datasets.load_digits",
-            "profile": profile,
-            "imbalance_factor": float(imbalance_factor),
-            "profile_counts": target.tolist(),
-            "rule": "shuffle",
-            "seed": int(seed),
+            **subset_meta(profile, imbalance_factor, target, "shuffle", seed, selected, train_idx),
             "test_fraction": float(test_fraction),
             "test_indices_sha256": indices_sha256(test_idx),
-            "selected_indices_sha256": indices_sha256(selected),
-            "train_indices_sha256": indices_sha256(train_idx),
             "val_policy": val_policy,
         },
     )

@@ -57,7 +57,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .cifar import indices_sha256, select_long_tailed
+from .cifar import indices_sha256, select_long_tailed, subset_meta
 from .dataset import ArraySplit, LongTailedDataset
 from .profiles import build_profile
 from .validation import balanced_validation_split
@@ -398,13 +398,7 @@ def build_newsgroups_lt(
             "remove": list(remove),
             "class_order": class_order,
             "original_class_ids": order.tolist(),
-            "profile": profile,
-            "imbalance_factor": float(imbalance_factor),
-            "profile_counts": target.tolist(),
-            "rule": rule,
-            "seed": int(seed),
-            "selected_indices_sha256": indices_sha256(selected),
-            "train_indices_sha256": indices_sha256(train_idx),
+            **subset_meta(profile, imbalance_factor, target, rule, seed, selected, train_idx),
             "train_files_sha256": hashlib.sha256("\n".join(ids_train[i] for i in train_idx).encode()).hexdigest(),
             "val_policy": val_policy,
             "embedder": embedder.name,
