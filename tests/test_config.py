@@ -77,3 +77,17 @@ def test_cosine_schedule_starts_at_one_and_decays_towards_zero():
     table = factor_table(s, epochs=4, steps_per_epoch=2, base_lr=0.01)
     # PyTorch CosineAnnealingLR stepped per epoch: (1 + cos(pi e / E)) / 2
     assert table.tolist() == pytest.approx([1, 1, 0.853553, 0.853553, 0.5, 0.5, 0.146447, 0.146447], abs=1e-6)
+
+
+def test_a_config_file_overrides_one_value_inside_the_stages_list(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("method: ce\noverrides: [stages.0.epochs=190, stages.0.loss.name=focal]\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\noverrides: ['stages.0.loss={name: equalization, threshold: 0.02}']\n")
+    config = load_config(child, ["stages.0.batch_size=32"])
+    assert config.stages[0].epochs == 190 and config.stages[0].batch_size == 32
+    assert config.stages[0].loss == {"name": "equalization", "threshold": 0.02}
+    assert config.stages[0].optimizer.lr == 0.1  # the rest of the recipe's stage is kept
+    (tmp_path / "bad.yaml").write_text("method: ce\noverrides: [stages.0.epoch=3]\n")
+    with pytest.raises(ConfigError, match="closest|epochs"):
+        load_config(tmp_path / "bad.yaml")

@@ -14,14 +14,15 @@ from longtail.features.calibration import (
     class_sampling_probabilities,
     dc_calibrate,
     glag_calibrate,
+    glag_calibration_terms,
     head_tail_split,
     init_beta,
     ladc_average,
     ladc_calibrate,
 )
 from longtail.features.extract import FeatureCache, extract_features
-from longtail.features.gaussian import cholesky_with_jitter, sample_gaussians
-from longtail.features.statistics import ClassStatistics, tukey_transform
+from longtail.features.gaussian import cholesky_with_jitter, sample_factored_gaussians, sample_gaussians
+from longtail.features.statistics import ClassStatistics, FactoredStatistics, tukey_transform
 
 D64 = torch.float64
 
@@ -159,6 +160,57 @@ def test_sample_gaussians_variable_counts_and_chunks_and_seed():
     assert empty.shape == (0, 2) and rows.numel() == 0
 
 
+def test_factored_statistics_factors_are_exact_square_roots():
+    g = torch.Generator().manual_seed(1)
+    D = 4
+    sizes = [9, 4, 1, 0, 2]  # QR path (n > D), centred rows (n <= D), a single feature, an empty class
+    feats = torch.rand(sum(sizes), D, generator=g, dtype=D64) * 3
+    labels = torch.repeat_interleave(torch.arange(5), torch.tensor(sizes))
+    perm = torch.randperm(labels.shape[0], generator=g)
+    feats, labels = feats[perm], labels[perm]
+    fs = FactoredStatistics.from_features(feats, labels, 5)
+    ref = ClassStatistics.from_features(feats, labels, 5)
+    assert [tuple(f.shape) for f in fs.factors] == [(4, 4), (4, 4), (1, 4), (0, 4), (2, 4)]
+    close(fs.counts, ref.counts)
+    close(fs.means, ref.means)
+    close(fs.covariances(), ref.covariances)
+    close(fs.dense().covariances, ref.covariances)
+    biased = FactoredStatistics.from_features(feats, labels, 5, unbiased=False)
+    close(biased.covariances(), ClassStatistics.from_features(feats, labels, 5, unbiased=False).covariances)
+
+
+def test_sample_factored_gaussians_match_the_mixed_covariance():
+    """x = mu + sum_j sqrt(w_j) F_j^T e_j + sqrt(d) e_0 has covariance sum_j w_j Sigma_j + d K, also with
+    singular class covariances (rank 1 and 2 in 3-D), for both dispersion modes."""
+    g = torch.Generator().manual_seed(6)
+    factors = [torch.randn(r, 3, generator=g, dtype=D64) for r in (3, 1, 2)]
+    sigma = torch.stack([f.T @ f for f in factors])
+    means = torch.tensor([[1.0, -2.0, 0.5], [10.0, 0.0, 0.0]], dtype=D64)
+    classes = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    weights = torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.25, 0.0]], dtype=D64)
+    n = 40000
+    for mode, K in (("identity", torch.eye(3, dtype=D64)), ("all", torch.ones(3, 3, dtype=D64))):
+        samples, rows = sample_factored_gaussians(means, classes, weights, factors, n, dispersion=0.1, mode=mode, generator=g)
+        assert samples.shape == (2 * n, 3) and rows.tolist() == [0] * n + [1] * n
+        for r in range(2):
+            cov = (weights[r].view(3, 1, 1) * sigma[classes[r]]).sum(0) + 0.1 * K
+            s = samples[rows == r]
+            assert ((s.mean(0) - means[r]).abs() < 5 * (cov.diagonal() / n).sqrt()).all()
+            sd = ((cov.diagonal().outer(cov.diagonal()) + cov**2) / n).sqrt()
+            assert ((torch.cov(s.T) - cov).abs() < 5 * sd).all()
+    # variable counts (zero allowed), per-row dispersion, small noise blocks, reproducible with a seed
+    counts = torch.tensor([0, 3])
+    a, rows = sample_factored_gaussians(means, classes, weights, factors, counts, torch.tensor([0.0, 1.0], dtype=D64),
+                                        generator=torch.Generator().manual_seed(5), chunk_elements=2)
+    b, _ = sample_factored_gaussians(means, classes, weights, factors, counts, torch.tensor([0.0, 1.0], dtype=D64),
+                                     generator=torch.Generator().manual_seed(5), chunk_elements=2)
+    assert rows.tolist() == [1, 1, 1] and torch.equal(a, b) and ((a - means[1]).norm(dim=1) < 10).all()
+    empty, rows = sample_factored_gaussians(means, classes, weights, factors, 0)
+    assert empty.shape == (0, 3) and rows.numel() == 0
+    with pytest.raises(ValueError, match="non-negative"):
+        sample_factored_gaussians(means, classes, -weights, factors, 1)
+
+
 # ------------------------------------------------------------------------------------------
 # calibration: a hand-computed 2-D, 3-class case
 #   class 0: n=100, mu=(0,0), Sigma=I
@@ -194,6 +246,24 @@ def test_glag_hand_computed(stats3):
     # options: no own covariance, gamma on every entry
     _, c2 = glag_calibrate(X, torch.tensor([2]), stats3, 0.6, gamma=0.1, own_covariance="none", dispersion="all")
     close(c2[0], 0.36 * torch.tensor([[16 / 13, 0], [0, 11.5 / 13]], dtype=D64) + 0.1)
+
+
+def test_glag_calibration_terms_are_the_dense_covariance(stats3):
+    """The factored form that the AFG samples from: means equal, sum_j w_j Sigma_{c_j} + gamma I = covs."""
+    xs = torch.tensor([[0.0, 3.0], [4.0, 1.0], [0.0, 1.0]], dtype=D64)
+    ys = torch.tensor([2, 1, 0])
+    beta = torch.tensor([0.3, 0.5, 0.6], dtype=D64)
+    for own in ("class", "none"):
+        m, classes, weights = glag_calibration_terms(xs, ys, stats3.means, stats3.counts, beta, k=2, own_covariance=own)
+        md, cd = glag_calibrate(xs, ys, stats3, beta, gamma=0.1, k=2, own_covariance=own)
+        close(m, md)
+        assert classes.shape == weights.shape == (3, 2 + (own == "class"))
+        mixed = (weights.view(3, -1, 1, 1) * stats3.covariances[classes]).sum(1) + 0.1 * torch.eye(2, dtype=D64)
+        close(mixed, cd)
+    # class-2 feature of the hand-computed case: support weights 0.36 * (10/13, 3/13), own weight 0.16
+    _, classes, weights = glag_calibration_terms(X, torch.tensor([2]), stats3.means, stats3.counts, 0.6, k=2)
+    assert classes[0].tolist() == [0, 1, 2]
+    close(weights[0], [0.36 * 10 / 13, 0.36 * 3 / 13, 0.16])
 
 
 def test_glag_support_only_richer_classes(stats3):

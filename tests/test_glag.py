@@ -110,8 +110,8 @@ def small_afg(num_head=1, target="max", gamma=0.1):
 def test_calibrated_statistics_match_a_hand_computed_case():
     afg, _, _ = small_afg()
     torch.testing.assert_close(afg.stats.means, torch.tensor([[1.0, 1.0], [5.0, 2.0], [2.0, 4.0]]))
-    torch.testing.assert_close(afg.stats.covariances[0], torch.eye(2) * 4 / 3)
-    torch.testing.assert_close(afg.stats.covariances[1], torch.diag(torch.tensor([1.0, 3.0])))
+    torch.testing.assert_close(afg.stats.covariances()[0], torch.eye(2) * 4 / 3)
+    torch.testing.assert_close(afg.stats.covariances()[1], torch.diag(torch.tensor([1.0, 3.0])))
     beta = torch.tensor([0.0, 0.5, 0.6])
     means, covs = afg.calibrate(beta)
     assert means.shape == (5, 2)  # tail rows: class 1 (3 rows), then class 2 (2 rows)
@@ -167,6 +167,30 @@ def test_generated_features_have_the_calibrated_mean_and_covariance():
     back, _ = afg.generate(beta, torch.Generator().manual_seed(0))
     torch.testing.assert_close(back, inverse_tukey(samples, 0.5))
     torch.testing.assert_close(back, samples.clamp(min=0) ** 2)
+
+
+def test_generation_is_exact_with_per_class_factors_in_higher_dimension():
+    """D = 6: one head class with more features than dimensions (QR factor), the others with fewer
+    (singular covariances, centred-feature factors); gamma = 0, so no term makes Sigma' regular.
+    The draws have the dense calibrated mean and covariance of :meth:`calibrate` (no jitter)."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [10, 5, 3, 4]
+    x = torch.cat([torch.rand(n, 6, generator=g) * (1 + c) for c, n in enumerate(sizes)])
+    y = torch.repeat_interleave(torch.arange(4), torch.tensor(sizes))
+    afg = AdaptiveFeatureGenerator(x, y, 4, glag_head_mask(sizes, "count", num_head=2), target=24000, gamma=0.0)
+    assert [tuple(f.shape) for f in afg.stats.factors] == [(6, 6), (5, 6), (3, 6), (4, 6)]
+    beta = torch.tensor([0.0, 0.0, 0.6, 0.3])
+    means, covs = afg.calibrate(beta)
+    samples, labels = afg.generate(beta, torch.Generator().manual_seed(1), inverse=False)
+    per_row = [7999] * 3 + [5999] * 4  # (24000 - n_c) / n_c draws for each real feature
+    rows = torch.repeat_interleave(torch.arange(7), torch.tensor(per_row))
+    assert samples.shape == (sum(per_row), 6) and torch.equal(labels, afg.tail_y[rows])
+    for r in range(7):
+        s, m, c = samples[rows == r].double(), means[r].double(), covs[r].double()
+        n = s.shape[0]
+        assert ((s.mean(0) - m).abs() < 5 * (c.diagonal() / n).sqrt()).all()
+        sd = ((c.diagonal().outer(c.diagonal()) + c**2) / n).sqrt()
+        assert ((torch.cov(s.T) - c).abs() < 5 * sd).all()
 
 
 # ------------------------------------------------------------------ beta

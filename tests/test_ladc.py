@@ -11,7 +11,7 @@ import longtail.engine.runner as runner
 from longtail.config import load_config
 from longtail.data.dataset import ArraySplit, LongTailedDataset
 from longtail.errors import ConfigError
-from longtail.features.calibration import head_tail_split, ladc_calibrate
+from longtail.features.calibration import dc_calibrate, head_tail_split, ladc_average, ladc_calibrate
 from longtail.features.statistics import ClassStatistics
 from longtail.methods.ladc import (
     CalibratedFeatureSource,
@@ -167,6 +167,30 @@ def test_factored_gaussians_equal_the_calibration_functions(calibration, weighti
     assert sampler.row_inputs.shape[0] == expected_rows
 
 
+@pytest.mark.parametrize("calibration", ["instance", "average", "dc"])
+def test_head_only_statistics_give_the_full_statistics_gaussians(calibration):
+    """The sampler keeps [H, D, D] head covariances only (iNaturalist's [C, D, D] would not fit);
+    its Gaussians equal the calibration functions' on the statistics of every class."""
+    counts = [40, 30, 20, 10, 5, 3]
+    feats, labels = blobs(counts, dim=5, seed=3)
+    opts = LADCOptions(calibration=calibration, m=2, alpha=0.15, beta=0.7)
+    sampler = LADCSampler(feats, labels, 6, opts)
+    assert sampler.stats.covariances.shape == (2, 5, 5) and sampler.head_classes.tolist() == [0, 1]
+    full = ClassStatistics.from_features(feats, labels, 6)
+    head = head_tail_split(counts)
+    tail_rows = feats[labels >= 2]
+    if calibration == "instance":
+        expected = ladc_calibrate(tail_rows, full, head, 2, 0.15, 0.7, "printed")
+    elif calibration == "average":
+        expected = ladc_average(full, head, None, 2, 0.15, 0.7, "printed")
+    else:
+        expected = dc_calibrate(tail_rows, full, head, 2, opts.dc_alpha, opts.dc_dispersion)
+    means, covs = sampler.calibrate(torch.arange(sampler.row_inputs.shape[0]))
+    torch.testing.assert_close(means, expected[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(covs, expected[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sampler.gaussians.covariances(sampler.stats.covariances), expected[1], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("sampler_kind", ["factored", "cholesky"])
 def test_draws_have_the_calibrated_mean_and_covariance(sampler_kind):
     feats, labels = blobs([60, 40, 10, 6], dim=3, seed=2)
@@ -260,7 +284,7 @@ def test_ladc_recipes_share_one_stage1_for_the_benchmark_harness():
 
     names = [n for n in method_names() if n.startswith("ladc")]
     assert {"ladc", "ladc_no_re", "ladc_average", "ladc_dc", "ladc_lws", "ladc_crt", "ladc_re", "ladc_cbs_crt",
-            "ladc_cbs_lws"} <= set(names)
+            "ladc_cbs_lws", "ladc_las_crt", "ladc_las_lws"} <= set(names)
     first = {n: to_dict(load_config(mapping={"method": n}).stages[0]) for n in names}
     re_stage1 = first["ladc"]
     for name, stage in first.items():
@@ -269,6 +293,28 @@ def test_ladc_recipes_share_one_stage1_for_the_benchmark_harness():
     assert stages2["ladc_average"].options["calibration"] == "average"
     assert stages2["ladc_dc"].options["calibration"] == "dc"
     assert (stages2["ladc_cbs_crt"].kind, stages2["ladc_cbs_crt"].sampler["name"]) == ("supervised", "class_balanced")
+    for head, name in (("crt", "linear"), ("lws", "lws")):  # Table 9's LAS rows: MiSLAS's loss, CBS, LADC's schedule
+        las, cbs = stages2[f"ladc_las_{head}"], stages2[f"ladc_cbs_{head}"]
+        assert (las.head, las.sampler["name"], las.loss["name"]) == (name, "class_balanced", "label_aware_smoothing")
+        assert (las.epochs, las.schedule.milestones, las.optimizer.lr) == (cbs.epochs, cbs.schedule.milestones, cbs.optimizer.lr)
+
+
+@pytest.mark.parametrize("path, encoder, epochs, schedule", [
+    ("imagenet_lt/ladc.yaml", "resnet50", 200, ("multistep", [120, 160])),
+    ("imagenet_lt/ladc_resnet10.yaml", "resnet10", 200, ("multistep", [120, 160])),
+    ("inat2018/ladc.yaml", "resnet50", 100, ("cosine", [])),
+])
+def test_large_dataset_configs_have_the_papers_stage1_and_the_cifar_stage2(path, encoder, epochs, schedule):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / path)
+    s1, s2 = cfg.stages
+    assert (cfg.model.encoder, s1.epochs, (s1.schedule.name, s1.schedule.milestones)) == (encoder, epochs, schedule)
+    assert (s1.augment, s1.mixing["name"], s1.optimizer.weight_decay) == ("randaugment", "remix", 5e-4)
+    if schedule[0] == "multistep":
+        assert (s1.optimizer.lr, s1.schedule.gamma) == (0.2, 0.1)
+    recipe = load_config(mapping={"method": "ladc"}).stages[1]
+    assert s2 == recipe  # "the training strategy in the second stage is similar as ... CIFAR"
 
 
 def test_ladc_stage_can_count_iterations(tmp_path, monkeypatch):

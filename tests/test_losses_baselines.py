@@ -160,8 +160,11 @@ def test_cb_weights_by_hand_and_sum_to_C():
         assert float(w.sum()) == pytest.approx(len(counts), rel=1e-5)
         assert bool((w[1:] >= w[:-1]).all())  # rarer class, larger weight
     close(class_balanced_weights(COUNTS, beta=0.0).numpy(), [1.0, 1.0, 1.0])
+    # beta = 1: the inverse-frequency limit; counts 4, 2, 1 -> 1/4, 1/2, 1 normalised to sum 3
+    close(class_balanced_weights([4, 2, 1], beta=1.0).numpy(), [3 / 7, 6 / 7, 12 / 7])
+    close(class_balanced_weights([4, 2, 1], beta=1 - 1e-9).numpy(), [3 / 7, 6 / 7, 12 / 7], tol=1e-4)
     with pytest.raises(ConfigError):
-        class_balanced_weights(COUNTS, beta=1.0)
+        class_balanced_weights(COUNTS, beta=1.5)
 
 
 def cb_w(beta=0.9999):

@@ -1,7 +1,10 @@
 """Run configuration: YAML files validated against dataclasses, with ``key=value`` overrides.
 
 A config file may start from a packaged method recipe (``method: iwb``) or from another file
-(``base: other.yaml``); its own keys then override the base, recursively for mappings.
+(``base: other.yaml``); its own keys then override the base, recursively for mappings (lists,
+such as ``stages``, are replaced whole). To change one value inside a list, a file lists
+``overrides: [stages.0.loss.gamma=2.0, ...]``, the same ``key=value`` strings as the command line;
+they apply after the merge (a base file's first), the command line's after them.
 Unknown keys are errors that name the closest valid key.
 """
 from __future__ import annotations
@@ -109,6 +112,7 @@ class EngineConfig:
     amp: str | bool = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | on | off
     channels_last: str | bool = "auto"  # auto | on | off
     cuda_graph: str | bool = "auto"  # auto | on | off
+    compile: str | bool = "off"  # torch.compile the encoder of whole-network stages: auto (on with CUDA) | on | off
     checkpoint_every: int = 20  # epochs; 0 disables periodic checkpoints
     cpu_threads: int = 0  # torch CPU threads (0: torch's default)
     progress: bool = True
@@ -254,7 +258,11 @@ def _resolve(mapping: dict[str, Any], here: Path | None, seen: tuple[str, ...] =
     method = mapping.get("method")
     if method is not None and not base_file:
         base = _merge(_resolve(_method_mapping(method), None), base)
-    return _merge(base, mapping)
+    overrides = list(base.get("overrides", [])) + list(mapping.get("overrides", []))  # base first
+    merged = _merge(base, mapping)
+    if overrides:
+        merged["overrides"] = overrides
+    return merged
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -320,8 +328,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), mappi
         raw["stages"] = [
             _merge(to_dict(StageConfig()), s) if isinstance(s, dict) else s for s in raw["stages"]
         ]
-    for text in overrides:
-        keys, value = parse_override(text)
+    file_overrides = raw.pop("overrides", [])
+    if not isinstance(file_overrides, list):
+        raise ConfigError(f"overrides in a config file must be a list of key=value strings, got {file_overrides!r}")
+    for text in [*file_overrides, *overrides]:
+        keys, value = parse_override(str(text))
         _apply_override(raw, keys, value)
     config = from_dict(RunConfig, raw)
     validate(config)

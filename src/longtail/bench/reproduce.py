@@ -58,7 +58,9 @@ class Job:
 def _stage1_key(config: RunConfig) -> str:
     first = to_dict(config.stages[0])
     first.pop("name")
-    blob = json.dumps([to_dict(config.data), to_dict(config.model), first, config.seed], sort_keys=True, default=str)
+    engine = to_dict(config.engine)
+    numerics = {k: engine[k] for k in ("device", "amp", "channels_last", "cuda_graph", "compile")}
+    blob = json.dumps([to_dict(config.data), to_dict(config.model), first, numerics, config.seed], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -8,7 +8,8 @@ Measures, on the same data, model and recipe (CE, ResNet-32, bs 128, 200-epoch s
 2. our eager fp32 path (device-resident data, no CUDA graph, no bf16, no channels_last) for
    ``--eager-epochs`` epochs, extrapolated the same way;
 3. our fast path (CUDA graph, bf16, channels_last, fused SGD) for the full ``--epochs``,
-   measured whole; one-off capture/compilation time reported separately;
+   measured whole, without and (unless ``--no-compile``) with ``engine.compile=on``; one-off
+   capture/compilation time reported separately;
 4. a classifier-only stage 2 (LWS, 10 epochs on cached features) on top of the fast stage 1.
 
 Writes a JSON record (device, commit, versions, command, every timing) and prints a table.
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conventional-epochs", type=int, default=4)
     parser.add_argument("--eager-epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the fast path + torch.compile variant")
     parser.add_argument("--output", default=None, help="results JSON (default benchmarks/results/speed_<gpu>.json)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -81,24 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             "extrapolated_total_seconds": _extrapolate(eager_epochs, args.epochs),
         }
 
-        torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        fast = run_config(fast_cfg, fresh=True)
-        wall = time.perf_counter() - start
-        stage = fast["timings"][0]
-        train_seconds = stage["seconds"] - stage["compile_seconds"]
-        images = args.epochs * stage["steps_per_epoch"] * stage["batch_size"]
-        record["fast"] = {
-            "stage1_seconds_excluding_capture": train_seconds,
-            "capture_seconds": stage["compile_seconds"],
-            "cuda_graph": stage["cuda_graph"],
-            "fallback_reason": stage["fallback_reason"],
-            "wall_seconds_including_data_and_eval": wall,
-            "images_per_second": images / train_seconds,
-            "test_top1": fast["test"]["top1"],
-            "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "runtime": Runtime.resolve(fast_cfg.engine).describe(),
-        }
+        record["fast"] = _measure_fast(fast_cfg, args.epochs)
+        if args.compile:
+            compiled_cfg = _ce_config(data_args, tmp, args.epochs, ["engine.compile=on", "name=speed_ce_compiled"])
+            record["fast_compiled"] = _measure_fast(compiled_cfg, args.epochs)
         stage1 = Path(tmp) / "speed_ce" / f"seed{args.seed}" / "stage0_stage1.pt"
         lws_cfg = load_config(
             mapping={"method": "ce", "name": "speed_lws"},
@@ -113,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             "test_top1": lws["test"]["top1"],
             "cuda_graph": lws["timings"][1]["cuda_graph"],
         }
-    conv_total = record["conventional"]["extrapolated_total_seconds"]
-    record["speedup_vs_conventional"] = conv_total / record["fast"]["stage1_seconds_excluding_capture"]
-    record["speedup_vs_eager_fp32"] = record["eager_fp32"]["extrapolated_total_seconds"] / record["fast"]["stage1_seconds_excluding_capture"]
+    for variant in ("fast", "fast_compiled"):
+        if variant in record:
+            seconds = record[variant]["stage1_seconds_excluding_capture"]
+            record[variant]["speedup_vs_conventional"] = record["conventional"]["extrapolated_total_seconds"] / seconds
+            record[variant]["speedup_vs_eager_fp32"] = record["eager_fp32"]["extrapolated_total_seconds"] / seconds
     record["env"] = environment(Runtime.resolve(fast_cfg.engine), record["command"])
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     output = Path(args.output or f"benchmarks/results/speed_{gpu}.json")
@@ -123,6 +113,28 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(record))
     print(f"wrote {output}")
     return 0
+
+
+def _measure_fast(config, epochs: int) -> dict:
+    """Train ``config`` whole on the fast path; one-off capture/compilation is timed apart."""
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = run_config(config, fresh=True)
+    wall = time.perf_counter() - start
+    stage = result["timings"][0]
+    train_seconds = stage["seconds"] - stage["compile_seconds"]
+    images = epochs * stage["steps_per_epoch"] * stage["batch_size"]
+    return {
+        "stage1_seconds_excluding_capture": train_seconds,
+        "capture_seconds": stage["compile_seconds"],
+        "cuda_graph": stage["cuda_graph"],
+        "fallback_reason": stage["fallback_reason"],
+        "wall_seconds_including_data_and_eval": wall,
+        "images_per_second": images / train_seconds,
+        "test_top1": result["test"]["top1"],
+        "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
+        "runtime": Runtime.resolve(config.engine).describe(),
+    }
 
 
 def _lws_stage():
@@ -146,15 +158,20 @@ def _table(record: dict) -> str:
     rows = [
         ("conventional (DataLoader+PIL, fp32)", record["conventional"]["extrapolated_total_seconds"], f"extrapolated from {record['conventional']['measured_epochs']} epochs"),
         ("longtail eager fp32 (device data)", record["eager_fp32"]["extrapolated_total_seconds"], f"extrapolated from {record['eager_fp32']['measured_epochs']} epochs"),
-        ("longtail fast path", record["fast"]["stage1_seconds_excluding_capture"], f"measured, {e} epochs; capture {record['fast']['capture_seconds']:.1f} s"),
     ]
+    for variant, name in (("fast", "longtail fast path"), ("fast_compiled", "longtail fast path + torch.compile")):
+        if variant in record:
+            fast = record[variant]
+            rows.append((name, fast["stage1_seconds_excluding_capture"], f"measured, {e} epochs; capture/compile {fast['capture_seconds']:.1f} s"))
     lines = [f"{'pipeline':38s} {'s/epoch':>8s} {f'{e} ep (s)':>10s}  note"]
     for name, total, note in rows:
         lines.append(f"{name:38s} {total / e:8.3f} {total:10.1f}  {note}")
-    lines.append(
-        f"speed-up vs conventional: {record['speedup_vs_conventional']:.1f}x; vs eager fp32: {record['speedup_vs_eager_fp32']:.1f}x; "
-        f"fast path {record['fast']['images_per_second']:.0f} images/s, peak GPU memory {record['fast']['peak_gpu_memory_mib']:.0f} MiB, "
-        f"test top-1 {record['fast']['test_top1']:.2f}"
-    )
+    for variant in ("fast", "fast_compiled"):
+        if variant in record:
+            fast = record[variant]
+            lines.append(
+                f"{variant}: {fast['speedup_vs_conventional']:.1f}x vs conventional, {fast['speedup_vs_eager_fp32']:.1f}x vs eager fp32; "
+                f"{fast['images_per_second']:.0f} images/s, peak GPU memory {fast['peak_gpu_memory_mib']:.0f} MiB, test top-1 {fast['test_top1']:.2f}"
+            )
     lines.append(f"stage 2 LWS ({record['stage2_lws']['epochs']} epochs, cached features): {record['stage2_lws']['seconds']:.2f} s")
     return "\n".join(lines)

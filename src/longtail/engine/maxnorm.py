@@ -12,7 +12,9 @@ gradient descent: after every optimiser step each row is projected back onto the
 Rows inside the ball are left untouched (multiplied by exactly 1.0); rows outside are rescaled
 to norm ``thr``. :meth:`MaxNorm.apply_` does this in place with tensor ops only (no ``.item()``,
 no branching on tensor values), so it can sit inside a captured CUDA graph right after the
-optimiser step.
+optimiser step. Every step, as the paper's PGD (its p. 4); the released demo
+(``trainval.train_model``) projects once per epoch, which its author confirms is not what was
+meant (LTR-weight-balancing issue #5), so that schedule is not offered.
 
 Threshold rule (the weight-balancing code, ``MaxNorm_via_PGD.setPerLayerThresh``, with
 ``thresh = 0.1`` in its stage-2 demo): the threshold is a single scalar computed once from the

@@ -231,6 +231,7 @@ class SupervisedStage(StageKind):
                 channels_last=runtime.channels_last,
             )
         encoder = model.encoder
+        trained_encoder = encoder if head_only else runtime.compiled(encoder)
 
         def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             if cached:
@@ -239,7 +240,7 @@ class SupervisedStage(StageKind):
                 with torch.no_grad():
                     feats = encoder(x)
             else:
-                feats = encoder(x)
+                feats = trained_encoder(x)
             logits = model.head(feats)
             return (logits if offset is None else logits + offset), feats
 
@@ -256,7 +257,9 @@ class SupervisedStage(StageKind):
         post_step = []
         if stage.max_norm is not None:
             weight = model.head.class_weight()
-            cap = MaxNorm.from_initial_norms(weight, **stage.max_norm)
+            saved = stage.options.get("max_norm_threshold")  # set when the stage first ran: a resume keeps it
+            cap = MaxNorm(saved).to(weight.device) if saved is not None else MaxNorm.from_initial_norms(weight, **stage.max_norm)
+            stage.options["max_norm_threshold"] = cap.threshold.tolist()
             post_step.append(lambda: cap.apply_(weight))
         return make_plan(
             stage,

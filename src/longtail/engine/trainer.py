@@ -91,7 +91,8 @@ class StageTrainer:
         self.totals = torch.zeros(2, device=device)  # sum of batch losses, correct predictions
         self.graph: torch.cuda.CUDAGraph | None = None
         self.fallback_reason = ""
-        self.compile_seconds = 0.0
+        self.compile_seconds = 0.0  # one-off: CUDA-graph capture and/or torch.compile
+        self._started = False
 
     # ------------------------------------------------------------------ the step
     def _step(self) -> None:
@@ -131,6 +132,31 @@ class StageTrainer:
         self.compile_seconds = time.perf_counter() - start
         self.graph = graph
 
+    def _first_steps(self, last: int) -> int:
+        """The stage's first steps, which pay the one-off costs (CUDA-graph capture, torch.compile);
+        their time is ``compile_seconds``. Returns how many training steps they took."""
+        if self._use_graph():
+            warmup = min(3, last)
+            try:
+                with DEVICE_RNG_LOCK:
+                    self._capture(warmup)
+                return warmup
+            except RuntimeError as exc:  # capture failed: the warm-up steps stand, go on eagerly
+                self.graph = None
+                self.fallback_reason = f"CUDA graph capture failed: {exc}"
+                warnings.warn(f"stage {self.plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=2)
+                self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
+                return warmup
+        if not self.runtime.compile or last == 0:
+            return 0
+        start = time.perf_counter()
+        with DEVICE_RNG_LOCK:
+            self._eager_step()  # compiles
+        if self.runtime.device.type == "cuda":
+            torch.cuda.synchronize(self.runtime.device)
+        self.compile_seconds = time.perf_counter() - start
+        return 1
+
     def _use_graph(self) -> bool:
         if not self.runtime.cuda_graph:
             return False
@@ -158,19 +184,8 @@ class StageTrainer:
             self.step_index.fill_(epoch * steps)
             self.totals.zero_()
         last = steps if not plan.max_steps else min(steps, plan.max_steps - epoch * steps)
-        done = 0
-        if self.graph is None and self._use_graph():
-            warmup = min(3, last)
-            try:
-                with DEVICE_RNG_LOCK:
-                    self._capture(warmup)
-                done = warmup
-            except RuntimeError as exc:  # capture failed: the warm-up steps stand, go on eagerly
-                self.graph = None
-                self.fallback_reason = f"CUDA graph capture failed: {exc}"
-                warnings.warn(f"stage {plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=2)
-                self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
-                done = warmup
+        done = self._first_steps(last) if not self._started else 0
+        self._started = True
         for _ in range(done, last):
             with DEVICE_RNG_LOCK:
                 if self.graph is not None:

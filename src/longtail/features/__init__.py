@@ -1,6 +1,15 @@
 """Feature extraction and caching, class statistics, and feature generators (GLAG, LADC, DC)."""
 from .extract import FeatureCache, extract_features
-from .gaussian import cholesky_with_jitter, sample_gaussians
-from .statistics import ClassStatistics, tukey_transform
+from .gaussian import cholesky_with_jitter, sample_factored_gaussians, sample_gaussians
+from .statistics import ClassStatistics, FactoredStatistics, tukey_transform
 
-__all__ = ["ClassStatistics", "FeatureCache", "cholesky_with_jitter", "extract_features", "sample_gaussians", "tukey_transform"]
+__all__ = [
+    "ClassStatistics",
+    "FactoredStatistics",
+    "FeatureCache",
+    "cholesky_with_jitter",
+    "extract_features",
+    "sample_factored_gaussians",
+    "sample_gaussians",
+    "tukey_transform",
+]

@@ -6,11 +6,15 @@ All rules take tail features ``x̂ [M, D]`` (usually Tukey-transformed, see
 classes per feature, and return one Gaussian per feature: ``(means [M, D], covs [M, D, D])``,
 ready for :func:`longtail.features.gaussian.sample_gaussians`. Each row is independent, so callers
 with a large feature width (``covs`` takes ``M·D²`` floats) calibrate and sample in row chunks.
+:func:`glag_calibration_terms` gives GLAG's Gaussians in factored form instead (each covariance as
+weights over class covariances), for :func:`longtail.features.gaussian.sample_factored_gaussians`,
+which needs no ``D x D`` matrix per row.
 
 Papers:
 
 * GLAG — "Long-Tailed Classification with Gradual Balanced Loss and Adaptive Feature
-  Generation", Sec. 4.2, Eq. 5-10 (:func:`glag_calibrate`, :func:`adapt_beta`).
+  Generation", Sec. 4.2, Eq. 5-10 (:func:`glag_calibrate`, :func:`glag_calibration_terms`,
+  :func:`adapt_beta`).
 * LADC — Wang et al. 2021, "Label-Aware Distribution Calibration for Long-tailed
   Classification", Eq. 4-13 (:func:`head_tail_split`, :func:`ladc_calibrate`,
   :func:`ladc_average`, :func:`class_sampling_probabilities`).
@@ -41,6 +45,7 @@ from .statistics import ClassStatistics
 
 __all__ = [
     "glag_calibrate",
+    "glag_calibration_terms",
     "adapt_beta",
     "init_beta",
     "head_tail_split",
@@ -138,6 +143,62 @@ def _counts(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
 # GLAG: adaptive feature generator
 
 
+def glag_calibration_terms(
+    features: torch.Tensor,
+    feature_labels: torch.Tensor,
+    means: torch.Tensor,
+    counts: torch.Tensor,
+    beta: float | torch.Tensor,
+    k: int = 2,
+    own_covariance: str = "class",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GLAG's calibrated Gaussians (Eq. 7-10) in factored form, without any ``D x D`` matrix.
+
+    Returns ``(means' [M, D], classes [M, J], weights [M, J])`` such that the calibrated covariance
+    of row ``i`` is ``sum_j weights[i, j] * Sigma_{classes[i, j]}`` (plus the dispersion term, added
+    by the caller): the ``K`` support slots carry ``b^2 w_j / sum_S w`` and, with
+    ``own_covariance="class"``, a last slot carries ``(1 - b)^2`` on the feature's own class.
+    Unused slots have weight 0. Same rule, options and checks as :func:`glag_calibrate`, which
+    builds its dense covariances from these terms; ``means [C, D]`` and ``counts [C]`` are the
+    class statistics. Feed the result to
+    :func:`~longtail.features.gaussian.sample_factored_gaussians`.
+    """
+    _check_option("own_covariance", own_covariance, ("class", "none"))
+    C, D = means.shape
+    if features.dim() != 2 or features.shape[1] != D:
+        raise DataError(f"features must be [M, {D}] (the statistics' width), got {tuple(features.shape)}")
+    x = features.to(device=means.device, dtype=means.dtype)
+    y = torch.as_tensor(feature_labels, device=means.device).long().flatten()
+    if y.shape[0] != x.shape[0]:
+        raise DataError(f"features ({x.shape[0]} rows) and feature_labels ({y.shape[0]}) differ in length")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
+        raise DataError(f"feature_labels must lie in 0..{C - 1}")
+    dtype = x.dtype
+    beta_t = torch.as_tensor(beta, dtype=dtype, device=means.device)
+    if beta_t.dim() == 0:
+        b = beta_t.expand(x.shape[0])
+    elif beta_t.shape == (C,):
+        b = beta_t[y]
+    else:
+        raise ConfigError(f"beta must be a scalar or a [{C}] per-class tensor, got shape {tuple(beta_t.shape)}")
+
+    counts = counts.to(means.device)
+    richer = counts.unsqueeze(0) > counts[y].unsqueeze(1)  # [M, C]
+    idx, valid, sqdist = _support(x, means, richer, k)
+    raw = counts[idx].to(dtype) / sqdist.sqrt().clamp(min=_TINY)
+    w = _normalise(raw, valid)
+    b = torch.where(valid.any(1), b, torch.zeros_like(b))
+
+    mix_mean = (w.unsqueeze(-1) * means[idx]).sum(1)
+    cal_means = (1 - b).unsqueeze(1) * x + b.unsqueeze(1) * mix_mean
+    classes = torch.where(valid, idx, y.unsqueeze(1))
+    weights = (b * b).unsqueeze(1) * w
+    if own_covariance == "class":
+        classes = torch.cat([classes, y.unsqueeze(1)], 1)
+        weights = torch.cat([weights, ((1 - b) ** 2).unsqueeze(1)], 1)
+    return cal_means, classes, weights
+
+
 def glag_calibrate(
     features: torch.Tensor,
     feature_labels: torch.Tensor,
@@ -177,6 +238,9 @@ def glag_calibrate(
     * A zero distance (feature exactly on a class mean) is clamped to 1e-12, which gives that
       class (almost) all the weight.
 
+    Dense ``[M, D, D]`` output: for large ``D`` sample from :func:`glag_calibration_terms` with
+    :func:`~longtail.features.gaussian.sample_factored_gaussians` instead (no per-row matrix).
+
     Args:
         features: ``[M, D]`` tail features (same transform as the statistics).
         feature_labels: ``[M]`` their classes.
@@ -190,39 +254,11 @@ def glag_calibrate(
     Returns:
         ``(means [M, D], covs [M, D, D])`` in the statistics' dtype and device.
     """
-    _check_option("own_covariance", own_covariance, ("class", "none"))
     _check_option("dispersion", dispersion, _DISPERSIONS)
-    x = _as_rows(features, stats)
-    y = torch.as_tensor(feature_labels, device=stats.device).long().flatten()
-    C = stats.num_classes
-    if y.shape[0] != x.shape[0]:
-        raise DataError(f"features ({x.shape[0]} rows) and feature_labels ({y.shape[0]}) differ in length")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
-        raise DataError(f"feature_labels must lie in 0..{C - 1}")
-    dtype = x.dtype
-    beta_t = torch.as_tensor(beta, dtype=dtype, device=stats.device)
-    if beta_t.dim() == 0:
-        b = beta_t.expand(x.shape[0])
-    elif beta_t.shape == (C,):
-        b = beta_t[y]
-    else:
-        raise ConfigError(f"beta must be a scalar or a [{C}] per-class tensor, got shape {tuple(beta_t.shape)}")
-
-    counts = stats.counts.to(stats.device)
-    richer = counts.unsqueeze(0) > counts[y].unsqueeze(1)  # [M, C]
-    idx, valid, sqdist = _support(x, stats.means, richer, k)
-    raw = counts[idx].to(dtype) / sqdist.sqrt().clamp(min=_TINY)
-    w = _normalise(raw, valid)
-    has_support = valid.any(1)
-    b = torch.where(has_support, b, torch.zeros_like(b))
-
-    mix_mean = (w.unsqueeze(-1) * stats.means[idx]).sum(1)
-    means = (1 - b).unsqueeze(1) * x + b.unsqueeze(1) * mix_mean
-    covs = (b * b).view(-1, 1, 1) * _mix_covariances(w, idx, stats.covariances)
-    if own_covariance == "class":
-        covs = covs + ((1 - b) ** 2).view(-1, 1, 1) * stats.covariances[y]
-    covs = _add_dispersion(covs, gamma, dispersion)
-    return means, covs
+    means, classes, weights = glag_calibration_terms(
+        features, feature_labels, stats.means, stats.counts, beta, k=k, own_covariance=own_covariance
+    )
+    return means, _add_dispersion(_mix_covariances(weights, classes, stats.covariances), gamma, dispersion)
 
 
 def init_beta(tail_mask: torch.Tensor, value: float = 0.6) -> torch.Tensor:

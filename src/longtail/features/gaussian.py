@@ -14,12 +14,25 @@ grows ×10 on each further failure, for at most ``max_tries`` jittered attempts
 the rule of GPyTorch's ``psd_safe_cholesky``, made relative to the matrix's scale so it behaves the
 same for raw and Tukey-transformed features. Only the failing matrices are retried, in one
 batched call per try.
+
+:func:`sample_factored_gaussians` draws from Gaussians whose covariance is a weighted sum of class
+covariances plus a dispersion term, ``Sigma_r = sum_j w_rj Sigma_{c_rj} + d_r K`` (``K = I`` or the
+all-ones matrix), the form of GLAG's and LADC's calibrated covariances, from per-class square-root
+factors ``F_c`` (``F_c^T F_c = Sigma_c``; :class:`~longtail.features.statistics.FactoredStatistics`)::
+
+    x = mu_r + sum_j sqrt(w_rj) F_{c_rj}^T eps_j + sqrt(d_r) eps_0,   eps_j, eps_0 independent N(0, I)
+
+which is exactly ``N(mu_r, Sigma_r)`` (independent Gaussians add their covariances). No
+``D x D`` matrix is formed or factorised per row; the work is one ``[m, r_c] @ [r_c, D]`` product
+per class ``c`` over the ``m`` draws that use it.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
-__all__ = ["cholesky_with_jitter", "sample_gaussians"]
+__all__ = ["cholesky_with_jitter", "sample_gaussians", "sample_factored_gaussians"]
 
 
 def cholesky_with_jitter(
@@ -140,3 +153,78 @@ def sample_gaussians(
         out_start += chunk.shape[0]
         start = end
     return samples, row_ids
+
+
+def sample_factored_gaussians(
+    means: torch.Tensor,
+    classes: torch.Tensor,
+    weights: torch.Tensor,
+    factors: Sequence[torch.Tensor],
+    num_samples: int | torch.Tensor,
+    dispersion: float | torch.Tensor = 0.0,
+    mode: str = "identity",
+    generator: torch.Generator | None = None,
+    chunk_elements: int = 1 << 26,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``num_samples`` features from each ``N(means[r], sum_j weights[r, j] Sigma_{classes[r, j]}
+    + dispersion[r] K)`` exactly, with ``Sigma_c = factors[c]^T factors[c]`` (module docstring).
+
+    Args:
+        means: ``[M, D]``.
+        classes: ``[M, J]`` class ids of the covariance terms (any valid id where the weight is 0).
+        weights: ``[M, J]`` non-negative variance weights ``w_rj``.
+        factors: per class ``F_c [r_c, D]`` (e.g. ``FactoredStatistics.factors``).
+        num_samples: an int or an integer tensor ``[M]`` (zero allowed).
+        dispersion: ``d`` as a float or a ``[M]`` tensor (variances, >= 0).
+        mode: ``"identity"`` (``K = I``) or ``"all"`` (``K = 1 1^T``: one shared scalar draw).
+        generator: ``torch.Generator`` on the means' device, for reproducible draws.
+        chunk_elements: at most this many noise elements ``[m, r_c]`` are drawn at once.
+
+    Returns:
+        ``(samples [S, D], row_ids [S])`` as :func:`sample_gaussians`: row ``r``'s samples are
+        contiguous, in row order.
+    """
+    if mode not in ("identity", "all"):
+        raise ValueError(f"mode must be 'identity' or 'all', got {mode!r}")
+    M, D = means.shape
+    if classes.shape != weights.shape or classes.dim() != 2 or classes.shape[0] != M:
+        raise ValueError(f"classes and weights must both be [{M}, J], got {tuple(classes.shape)} and {tuple(weights.shape)}")
+    device = means.device
+    dtype = means.dtype if means.dtype in (torch.float32, torch.float64) else torch.float32
+    counts = torch.as_tensor(num_samples, device=device).long().flatten()
+    counts = counts.expand(M) if counts.numel() == 1 else counts
+    if counts.shape[0] != M:
+        raise ValueError(f"num_samples has {counts.shape[0]} entries for {M} Gaussians")
+    if bool((counts < 0).any()) or bool((weights < 0).any()):
+        raise ValueError("num_samples and weights must be non-negative")
+    row_ids = torch.repeat_interleave(torch.arange(M, device=device), counts)
+    out = means.to(dtype).index_select(0, row_ids)
+    S, J = out.shape[0], classes.shape[1]
+    if S == 0:
+        return out, row_ids
+    # one (sample, class, scale) triple per non-zero covariance term, grouped by class
+    pair_class = classes.to(device).long()[row_ids].flatten()
+    pair_scale = weights.to(device=device, dtype=dtype)[row_ids].flatten().sqrt()
+    pair_sample = torch.arange(S, device=device).repeat_interleave(J)
+    keep = pair_scale > 0
+    pair_class, pair_scale, pair_sample = pair_class[keep], pair_scale[keep], pair_sample[keep]
+    order = torch.argsort(pair_class, stable=True)
+    pair_scale, pair_sample = pair_scale[order], pair_sample[order]
+    start = 0
+    for c, m in enumerate(torch.bincount(pair_class, minlength=len(factors)).tolist()):
+        rank = factors[c].shape[0]
+        if m and rank:
+            F = factors[c].to(device=device, dtype=dtype)
+            step = max(1, chunk_elements // rank)
+            for a in range(start, start + m, step):
+                b = min(a + step, start + m)
+                eps = torch.randn(b - a, rank, generator=generator, dtype=dtype, device=device)
+                out.index_add_(0, pair_sample[a:b], (eps @ F) * pair_scale[a:b, None])
+        start += m
+    spread = torch.as_tensor(dispersion, dtype=dtype, device=device).expand(M)
+    if bool((spread < 0).any()):
+        raise ValueError("dispersion must be non-negative")
+    if bool((spread > 0).any()):
+        width = D if mode == "identity" else 1
+        out += spread.sqrt()[row_ids, None] * torch.randn(S, width, generator=generator, dtype=dtype, device=device)
+    return out, row_ids

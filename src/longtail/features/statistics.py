@@ -12,16 +12,22 @@ For class ``k`` with the ``n_k`` (transformed) features ``x_i``, ``i in D_k``::
     Sigma_k = 1/n_k       * sum_i (x_i - mu_k)(x_i - mu_k)^T      (unbiased=False)
 
 Everything runs on the device the features live on, for all classes at once.
+
+:class:`FactoredStatistics` keeps, instead of the ``[C, D, D]`` covariances, one exact square-root
+factor per class, ``F_k [r_k, D]`` with ``F_k^T F_k = Sigma_k`` and ``r_k = min(n_k, D)``: samplers
+draw ``F_k^T eps`` (``eps ~ N(0, I_{r_k})``) without a Cholesky factorisation or jitter, and memory
+is at most ``N x D`` instead of ``C x D x D``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import DataError
 
-__all__ = ["tukey_transform", "ClassStatistics"]
+__all__ = ["tukey_transform", "ClassStatistics", "FactoredStatistics"]
 
 
 def tukey_transform(x: torch.Tensor, lam: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
@@ -184,3 +190,70 @@ class ClassStatistics:
         finally:
             torch.set_float32_matmul_precision(prev_precision)
         return cls(means, covariances, counts)
+
+
+@dataclass
+class FactoredStatistics:
+    """Mean, count and an exact square-root factor of the covariance (Eq. 6) of every class.
+
+    ``factors[k]`` is ``F_k [r_k, D]`` with ``F_k^T F_k = Sigma_k`` (the unbiased covariance, or the
+    ``1/n_k`` one with ``unbiased=False``), so ``F_k^T eps``, ``eps ~ N(0, I_{r_k})``, is an exact
+    draw from ``N(0, Sigma_k)`` even where ``Sigma_k`` is singular (``n_k <= D``: always):
+
+    * ``n_k <= D``: ``F_k = (X_k - mu_k) / sqrt(n_k - 1)``, the centred features themselves
+      (``r_k = n_k``; a class with one feature gets a zero row, i.e. a zero covariance, as in
+      :class:`ClassStatistics`; an empty class gets ``[0, D]``);
+    * ``n_k > D``: ``F_k = R_k / sqrt(n_k - 1)`` with ``R_k [D, D]`` the triangular factor of the QR
+      decomposition of the centred features (``R^T R = (X - mu)^T (X - mu)``; ``r_k = D``).
+
+    Attributes:
+        means: ``[C, D]``; counts: ``[C]`` int64; factors: ``C`` tensors ``[r_k, D]``.
+    """
+
+    means: torch.Tensor
+    counts: torch.Tensor
+    factors: list[torch.Tensor]
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @classmethod
+    def from_features(
+        cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int, unbiased: bool = True
+    ) -> "FactoredStatistics":
+        """Statistics of ``features [N, D]`` grouped by ``labels [N]`` (same checks and conventions
+        as :meth:`ClassStatistics.from_features`), on the features' device."""
+        if features.dim() != 2:
+            raise DataError(f"features must be [N, D], got shape {tuple(features.shape)}; flatten them first")
+        labels = torch.as_tensor(labels, device=features.device).long().flatten()
+        if labels.shape[0] != features.shape[0]:
+            raise DataError(f"features ({features.shape[0]} rows) and labels ({labels.shape[0]}) differ in length")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise DataError(f"labels must lie in 0..{num_classes - 1}; pass the right num_classes or remap the labels")
+        x = features if features.dtype in (torch.float32, torch.float64) else features.float()
+        D = x.shape[1]
+        counts = torch.bincount(labels, minlength=num_classes)
+        sums = torch.zeros(num_classes, D, dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+        means = sums / counts.clamp(min=1).unsqueeze(1).to(x.dtype)
+        order = torch.argsort(labels, stable=True)
+        centred = (x - means[labels])[order]
+        factors = []
+        for n, rows in zip(counts.tolist(), torch.split(centred, counts.tolist())):
+            scale = 1.0 / math.sqrt(max(n - 1 if unbiased else n, 1))
+            if n > D:
+                rows = torch.linalg.qr(rows, mode="r").R
+            factors.append(rows * scale)
+        return cls(means, counts, factors)
+
+    def covariances(self) -> torch.Tensor:
+        """The dense ``[C, D, D]`` covariances ``F_k^T F_k`` (checks and small problems)."""
+        return torch.stack([f.T @ f for f in self.factors])
+
+    def dense(self) -> ClassStatistics:
+        """The same statistics as a :class:`ClassStatistics` (dense covariances)."""
+        return ClassStatistics(self.means, self.covariances(), self.counts)

@@ -14,8 +14,9 @@ weight decay belongs to the optimiser (the stage's ``weight_decay``), not to thi
 Decisions on what the paper leaves open:
 
 - beta and gamma are not given. We use beta = 0.9999 (Cui et al.'s default, the project's CB
-  default) and gamma = 2.0 (Lin et al.'s focal default, and the value in the weight-balancing
-  code's ``CB_loss(..., beta=0.9999, gamma=2.0)`` that BWLM's stage 2 follows, ref. [52]).
+  default) and gamma = 2.0 (Lin et al.'s focal default; the weight-balancing code that BWLM's
+  lambda follows, ref. [52], calls ``CB_loss(..., beta=0.9999, gamma=2.0)``, though with its
+  softmax type, where gamma is unused). Cui et al.'s CIFAR scripts use gamma = 1.0.
 - The CB weights are normalised so that sum_c w_c = C (Cui et al.'s code); Eq. (8) prints the raw
   (1-beta)/(1-beta**n_y), which with beta = 0.9999 is far below 1 (2e-3 for n = 500) and would make the CB term vanish
   next to the BS term, so alpha would no longer mean what Sec. 4.3 says.
@@ -53,7 +54,8 @@ class BalancedFocalSoftmaxLoss(Loss):
     """BFS (BWLM Eq. 11): alpha * CB sigmoid-focal + (1 - alpha) * Balanced Softmax, per sample.
 
     Args:
-        class_counts: training-split images per class (of the set the loss trains on).
+        class_counts: the n_j of Eqs. (5) and (10). BWLM's review stage passes the counts of the
+            whole training set D by default (``options.loss_counts: full``), not those of D^.
         alpha: weight of the CB-focal term; 0.1 is the paper's default (Sec. 4.3).
         beta: CB effective-number hyper-parameter (weights normalised to sum to C).
         gamma: focal focusing parameter.

@@ -6,7 +6,7 @@ CVPR 2019.
 Effective number :math:`E_{n} = (1-\beta^{n})/(1-\beta)`; class weight
 :math:`w_c = (1-\beta)/(1-\beta^{n_c})`, normalised so that :math:`\sum_c w_c = C`.
 β = 0.9999 is the default (the value the CIFAR-LT literature and the seed papers use;
-β = 0 gives all weights 1, β → 1 gives inverse class frequency).
+β = 0 gives all weights 1, β = 1 inverse class frequency).
 
 Four losses share the weights; they differ in the base loss and in the reduction, and the
 differences matter for reproducing numbers:
@@ -39,11 +39,16 @@ NORMALIZE_CHOICES = ("batch", "weights")
 def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: float = 0.9999) -> torch.Tensor:
     r"""Per-class weights :math:`w_c = (1-\beta)/(1-\beta^{n_c})`, normalised to sum to C (float32).
 
-    Computed in float64 (β^n for β close to 1 loses digits in float32). β = 0 gives all ones.
+    Computed in float64 (β^n for β close to 1 loses digits in float32). β = 0 gives all ones;
+    β = 1 is the limit :math:`w_c \propto 1/n_c` (plain inverse-frequency weighting, the "Class
+    Balanced" row of GHM-CWAP's Table 1, beside its "Effective Number" row).
     """
-    beta = check_range("beta", beta, 0.0, 1.0, high_open=True)
+    beta = check_range("beta", beta, 0.0, 1.0)
     n = counts_tensor(class_counts).double()
-    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    if beta == 1.0:
+        w = 1.0 / n
+    else:
+        w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
     w = w / w.sum() * n.numel()
     return w.float()
 

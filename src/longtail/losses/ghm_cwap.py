@@ -26,7 +26,8 @@ true class). Every class ``c`` keeps its own histogram ``H_c`` of ``g`` over ``N
 
 The paper's defaults are the defaults here (``N = 30``, ``alpha = 0.9``, ``gamma = 0.8``,
 intra + inter balance, AURA).  The rows of the ablation Table 3 are named options, see
-:func:`ghm_cwap_variant`.
+:func:`ghm_cwap_variant` (which also notes that the caption's R/A labels conflict with the
+paper's text and numbers).
 
 Decisions where the paper is ambiguous
 ---------------------------------------
@@ -121,6 +122,14 @@ def ghm_cwap_variant(name: str) -> dict[str, Any]:
     only with URA, ``"R+A^URA"`` both with URA, ``"R+A^AURA"`` both with AURA (the full method,
     the constructor's defaults), plus ``"A^AURA"`` and ``"softmax"``.  Case, spaces, braces and
     ``_`` for ``^`` are ignored: ``"r+a_{aura}"`` works.
+
+    The labels follow Table 3's caption ("R" intra-, "A" inter-category balance).  The paper's
+    own evidence points the other way: its R row is digit for digit the Seesaw row of Table 2
+    (Seesaw is an inter-category margin, and ``gamma`` is taken from it), R brings the large
+    tail gain that Sec. 4.3 credits to inter-category balance while A^URA brings the small
+    head-and-tail gain credited to intra-category balance, and Sec. 3.3 introduces AURA as the
+    precision of GHM's approximation.  Under that reading only the single-module rows swap
+    (R = ``"A^URA"`` here and A^URA = ``"R"`` here); the combined rows are the same either way.
     """
     key = name.upper().replace(" ", "").replace("{", "").replace("}", "").replace("_", "^")
     if key not in _VARIANTS:

@@ -35,7 +35,9 @@ Decisions on what the paper leaves open (all named options of :func:`gradual_alp
   With the defaults c = 2, s = 1 all three go from 0 to 1 and at mid-training
   convex (0.414) < linear (0.5) < concave (0.586). Table 5's convex c = 4, 6, 8 rows are
   ``schedule="convex", c=4`` etc. with s = 1 as printed (they end at c - 1; the paper does not
-  say it rescaled s).
+  say it rescaled s). The text's "increase smoothly from zero to one" holds for c = 2, s = 1;
+  for the other c it needs s = 1 / (c - 1) (e.g. ``c=4, s=0.3333``), a reading the paper leaves
+  open.
 """
 from __future__ import annotations
 

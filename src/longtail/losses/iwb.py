@@ -34,7 +34,8 @@ Decisions on what the paper leaves open (each a named option):
   class only (Eq. 4), broadcast over the C entries of NC. ``nc_only=True`` (Table 3, second
   row): P = lambda * NC. ``divergence="mse"`` (Table 4): mean_c (||W||_c - P_ic)^2 on the raw
   values (the paper's point is that MSE forces |W| and P to be equal in value), averaged over
-  the batch.
+  the batch. Table 3's first row (neither NC nor HC, "naive") is the stage-1 model itself. The
+  paper tunes lambda per ablation row without giving the values; the recipes keep 0.15.
 - NC uses log base 2 (``log_base=2``); N = sum_c n_c of the training split.
 
 The released code differs (named options, documented as the code's, not verified here):

@@ -11,8 +11,8 @@ Recognition", Appl. Sci. 14(1):454, 2024, Secs. 3.2-3.3 and 4.2.
   0 in fp32 and bf16, the excluded rows of W get exactly zero loss gradient (weight decay still
   shrinks them; stage 2 replaces the head anyway). Why -1e4 and not -inf: -inf turns into NaN
   in any loss that multiplies a log-probability by a zero weight (label smoothing, sigmoid
-  losses, mixing) and in ``0 * -inf`` inside autograd; -1e4 is finite and exact in bf16
-  (max ~3.4e38) and in fp16 (max 65504), where e.g. -1e9 would overflow fp16 to -inf.
+  losses, mixing) and in ``0 * -inf`` inside autograd; -1e4 stays finite in bf16 (it rounds to
+  -9984) and in fp16 (exact; max 65504), where e.g. -1e9 would overflow fp16 to -inf.
 - ``bwlm_review`` (stage 2, Eq. 4): a frozen encoder, a new FC layer (recipes say
   ``head: linear``) trained on the data-balanced review set D^ of Eq. (2): each of the m head
   classes subsampled without replacement to n_{m+1} (the size of the largest tail class), the
@@ -37,6 +37,8 @@ Decisions on what the paper leaves open (each a stage option, ``stages.N.options
   paper's notation reads (n_j is defined once, in Sec. 3.1, as the size of class j of D, and
   Eq. (5) calls it "the total sample size contained in class j"). ``"review"``: the counts of
   D^ itself (head classes all at n_{m+1}), the prior of the data stage 2 actually sees.
+- Both kinds validate their options in ``check`` (before stage 1 trains): a typo in a stage-2
+  option must not surface only after the 320-epoch stage 1.
 - Stage 2 reads cached encoder features (no augmentation; the paper does not mention any in
   stage 2); ``features: online`` with ``augment: crop_flip`` re-runs the frozen encoder on
   augmented images instead. The training schedule and the weight-decay values are recipe
@@ -50,6 +52,7 @@ import numpy as np
 import torch
 
 from ..config import StageConfig
+from ..data.files import FileSplit
 from ..engine.stages import STAGE_KINDS, RunContext, SupervisedStage
 from ..engine.trainer import StagePlan
 from ..errors import ConfigError
@@ -85,9 +88,23 @@ def _num_head_classes(stage: StageConfig) -> int | None:
     return None if value is None else int(value)
 
 
+def _loss_counts(stage: StageConfig) -> str:
+    mode = stage.options.get("loss_counts", "full")
+    if mode not in LOSS_COUNTS:
+        raise ConfigError(
+            f"stage {stage.name!r}: options.loss_counts {mode!r}{closest(str(mode), LOSS_COUNTS)} "
+            f"is not one of {', '.join(LOSS_COUNTS)}"
+        )
+    return mode
+
+
 @STAGE_KINDS.register("bwlm_head_classes")
 class BWLMHeadClassesStage(SupervisedStage):
     """BWLM stage 1: train on the m = C // 2 largest classes only, CE over their logits."""
+
+    def check(self, ctx: RunContext, stage: StageConfig) -> None:
+        _check_options(stage, HEAD_CLASSES_OPTIONS)
+        bwlm_head_classes(ctx.class_counts, _num_head_classes(stage))  # m in [1, C - 1]
 
     def head_classes(self, ctx: RunContext, stage: StageConfig) -> np.ndarray:
         _check_options(stage, HEAD_CLASSES_OPTIONS)
@@ -141,6 +158,19 @@ def _epoch_seed(review_seed: int, epoch: int) -> int:
 class BWLMReviewStage(SupervisedStage):
     """BWLM stage 2: the classifier trained on the data-balanced review set D^ (Eq. 2)."""
 
+    def check(self, ctx: RunContext, stage: StageConfig) -> None:
+        _check_options(stage, REVIEW_OPTIONS)
+        bwlm_head_classes(ctx.class_counts, _num_head_classes(stage))
+        _loss_counts(stage)
+        streamed = isinstance(ctx.splits["train"][0], FileSplit)
+        if stage.options.get("resample_each_epoch", False) and streamed and not (
+            stage.train == "head" and stage.features == "cached"
+        ):
+            raise ConfigError(
+                f"stage {stage.name!r}: options.resample_each_epoch re-draws in-memory inputs in place and this "
+                "run streams its images from disk: set features: cached (train: head), or resample_each_epoch: false"
+            )
+
     def review_indices(self, ctx: RunContext, stage: StageConfig, epoch: int = 0) -> np.ndarray:
         """Indices into the training split of D^, grouped by class (the label sequence is fixed)."""
         labels = ctx.splits["train"][1].cpu().numpy()
@@ -162,13 +192,7 @@ class BWLMReviewStage(SupervisedStage):
 
     def build(self, ctx: RunContext, stage: StageConfig) -> StagePlan:
         _check_options(stage, REVIEW_OPTIONS)
-        mode = stage.options.get("loss_counts", "full")
-        if mode not in LOSS_COUNTS:
-            raise ConfigError(
-                f"stage {stage.name!r}: options.loss_counts {mode!r}{closest(str(mode), LOSS_COUNTS)} "
-                f"is not one of {', '.join(LOSS_COUNTS)}"
-            )
-        if mode == "review":
+        if _loss_counts(stage) == "review":
             # The loss is built inside SupervisedStage.build from ctx.class_counts: hand it D^'s
             # counts for the duration of the build (evaluation keeps the full counts).
             saved = ctx.class_counts

@@ -9,16 +9,21 @@ Generation". Stage 1 is a ``supervised`` stage with the registered loss ``gralos
 * real training features are extracted once (the encoder does not change), Tukey-transformed
   (x -> x^lambda, lambda = 0.5) and summarised per class (mean, unbiased covariance; Eqs. 5-6);
 * every epoch, each real feature x_i of a tail class is given a calibrated Gaussian
-  (Eqs. 7-10, :func:`~longtail.features.calibration.glag_calibrate`)::
+  (Eqs. 7-10, :func:`~longtail.features.calibration.glag_calibration_terms`; dense form
+  :func:`~longtail.features.calibration.glag_calibrate`)::
 
       S     = the K nearest (||x_i - mu_j||) classes with more training samples than y_i
       w_j   = n_j / d_ij
       mu_i' = (1 - beta_y) x_i + beta_y sum_S w_j mu_j / sum_S w_j
       Sig_i'= (1 - beta_y)^2 Sigma_y + beta_y^2 sum_S w_j Sigma_j / sum_S w_j + gamma I
 
-  and features are drawn from it on the device, in row chunks, with jittered Cholesky factors
-  (:func:`~longtail.features.gaussian.sample_gaussians`: matrices that are not positive
-  definite get ``jitter * 10^t * trace(Sigma)/D * I`` added, t = 0, 1, ..., ``max_tries`` - 1);
+  and features are drawn from it on the device, exactly and without any per-feature ``D x D``
+  matrix: Sig_i' is a weighted sum of class covariances plus gamma I, so a draw is
+  ``mu_i' + (1 - b) F_y^T e_0 + b sum_S sqrt(w_j / sum_S w) F_j^T e_j + sqrt(gamma) e``
+  with independent standard normals and per-class square-root factors ``F_c^T F_c = Sigma_c``
+  computed once per stage (:class:`~longtail.features.statistics.FactoredStatistics`: the class's
+  centred features, or their QR factor when n_c > D; exact for singular Sigma_c, so no jitter;
+  :func:`~longtail.features.gaussian.sample_factored_gaussians`);
 * the epoch's training set is balanced: every class gets ``target`` features (default the
   largest class count). A tail class keeps all its real features and is filled up with
   generated ones; a head class keeps its real features and is filled up by re-drawing its own
@@ -70,8 +75,12 @@ Decisions where the paper is silent or ambiguous (each a named option of ``glag_
   to a certain number"; it then needs no validation split).
 * Calibration options: ``k`` 2 (the paper uses 2 or 3), ``gamma`` 0 (0 or 0.1), ``dispersion``
   ``"identity"`` (gamma I), ``own_covariance`` ``"class"`` (Sigma_i = covariance of x_i's class).
-* Generation cost: one D x D covariance per tail feature; rows are processed in chunks of
-  ``chunk_elements // D^2`` (default 2^26 elements) per calibration/Cholesky call.
+* Generation cost: per epoch, one ``[m, r_c] @ [r_c, D]`` product per class c over the m draws
+  whose covariance uses it (r_c = min(n_c, D)), the noise drawn in blocks of at most
+  ``chunk_elements`` (default 2^26) elements; no Cholesky factorisation and no ``[C, D, D]`` or
+  per-feature ``[D, D]`` tensor (memory: the factors hold at most N x D numbers).
+* Tukey's lambda is not given by the paper (it cites Tukey's ladder of powers, as DC does):
+  0.5, DC's value.
 
 Recorded in ``stage.options`` (and so in ``results.json`` and the checkpoints, from which a
 resumed run continues): ``head_classes``, ``target_count``, ``num_generated``,
@@ -93,9 +102,9 @@ from ..engine.sources import DeviceSource
 from ..engine.stages import STAGE_KINDS, RunContext, StageKind, build_stage_loss, make_plan
 from ..engine.trainer import StagePlan
 from ..errors import ConfigError, DataError
-from ..features.calibration import adapt_beta, glag_calibrate, head_tail_split, init_beta
-from ..features.gaussian import sample_gaussians
-from ..features.statistics import ClassStatistics, tukey_transform
+from ..features.calibration import adapt_beta, glag_calibrate, glag_calibration_terms, head_tail_split, init_beta
+from ..features.gaussian import sample_factored_gaussians
+from ..features.statistics import FactoredStatistics, tukey_transform
 from ..losses.distillation import DistillationLoss
 from ..losses.gradual import gradual_alpha
 from ..models.heads import FrozenBaseHead
@@ -132,8 +141,6 @@ DEFAULTS: dict[str, Any] = {
     "kd_on": "samples",
     "kd_temperature": 2.0,
     "kd_alpha": {"s": 1.0, "c": 2.0, "schedule": "convex", "inclusive_end": False},
-    "jitter": 1e-5,
-    "max_tries": 6,
     "chunk_elements": 1 << 26,
 }
 # keys the stage writes into its options (results), plus the runner's own
@@ -237,8 +244,7 @@ class AdaptiveFeatureGenerator:
         head_mask: ``[C]`` bool, True for head classes.
         target: ``"max"`` (largest class count) or an int: features per class per epoch.
         tukey_lambda, k, gamma, dispersion, own_covariance: calibration (module docstring).
-        jitter, max_tries: the Cholesky jitter rule of :func:`sample_gaussians`.
-        chunk_elements: budget of one chunk's ``[rows, D, D]`` covariance block.
+        chunk_elements: budget of one noise block of :func:`sample_factored_gaussians`.
 
     Layout of the epoch set (fixed, so a CUDA graph can read it): class c owns rows
     ``c*target .. (c+1)*target - 1``; :attr:`labels` and :attr:`is_generated` describe them.
@@ -256,8 +262,6 @@ class AdaptiveFeatureGenerator:
         gamma: float = 0.0,
         dispersion: str = "identity",
         own_covariance: str = "class",
-        jitter: float = 1e-5,
-        max_tries: int = 6,
         chunk_elements: int = 1 << 26,
     ):
         if features.dim() != 2 or labels.shape != (features.shape[0],):
@@ -283,15 +287,19 @@ class AdaptiveFeatureGenerator:
             raise ConfigError(f"options.target must be 'max' or a positive integer, got {target!r}")
         self.lam = float(tukey_lambda)
         self.k, self.gamma = int(k), float(gamma)
+        if dispersion not in ("identity", "all") or own_covariance not in ("class", "none"):
+            raise ConfigError(
+                f"options.dispersion must be 'identity' or 'all' and options.own_covariance 'class' or 'none', "
+                f"got {dispersion!r} and {own_covariance!r}"
+            )
         self.dispersion, self.own_covariance = dispersion, own_covariance
-        self.jitter, self.max_tries = float(jitter), int(max_tries)
-        self.rows_per_chunk = max(1, int(chunk_elements) // (D * D))
+        self.chunk_elements = int(chunk_elements)
 
         try:
             transformed = tukey_transform(self.features, self.lam) if self.lam != 1 else self.features
         except DataError as exc:
             raise DataError(f"{exc} (glag_afg: stages.N.options.tukey_lambda=1 skips the transform)") from None
-        self.stats = ClassStatistics.from_features(transformed, self.labels_in, C)
+        self.stats = FactoredStatistics.from_features(transformed, self.labels_in, C)
         order = torch.sort(self.labels_in, stable=True).indices
         self.class_index = list(torch.split(order, self.counts))  # real rows of each class
 
@@ -328,10 +336,11 @@ class AdaptiveFeatureGenerator:
         return torch.cat(parts)
 
     def calibrate(self, beta: torch.Tensor, start: int = 0, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Calibrated Gaussians (Tukey space) of tail rows ``start:end`` with per-class ``beta``."""
+        """Dense calibrated Gaussians ``(means, covs [M, D, D])`` (Tukey space) of tail rows
+        ``start:end`` with per-class ``beta``: the reference that :meth:`generate` samples from."""
         end = self.tail_x.shape[0] if end is None else end
         return glag_calibrate(
-            self.tail_x[start:end], self.tail_y[start:end], self.stats, beta.to(self.device),
+            self.tail_x[start:end], self.tail_y[start:end], self.stats.dense(), beta.to(self.device),
             gamma=self.gamma, k=self.k, own_covariance=self.own_covariance, dispersion=self.dispersion,
         )
 
@@ -341,15 +350,14 @@ class AdaptiveFeatureGenerator:
         """Generated features ``[G, D]`` (class order, in the feature space unless
         ``inverse=False``) and their labels ``[G]``, G = :attr:`num_generated`."""
         counts = self.row_counts(generator)
-        chunks = []
-        for start in range(0, self.tail_x.shape[0], self.rows_per_chunk):
-            end = min(start + self.rows_per_chunk, self.tail_x.shape[0])
-            means, covs = self.calibrate(beta, start, end)
-            samples, _ = sample_gaussians(
-                means, covs, counts[start:end], generator=generator, jitter=self.jitter, max_tries=self.max_tries
-            )
-            chunks.append(samples)
-        out = torch.cat(chunks) if chunks else self.features.new_zeros(0, self.dim)
+        means, classes, weights = glag_calibration_terms(
+            self.tail_x, self.tail_y, self.stats.means, self.stats.counts, beta.to(self.device),
+            k=self.k, own_covariance=self.own_covariance,
+        )
+        out, _ = sample_factored_gaussians(
+            means, classes, weights, self.stats.factors, counts, dispersion=self.gamma, mode=self.dispersion,
+            generator=generator, chunk_elements=self.chunk_elements,
+        )
         labels = self.tail_y.repeat_interleave(counts)
         if out.shape[0] != self.num_generated:
             raise RuntimeError(f"AFG generated {out.shape[0]} features, expected {self.num_generated}")
@@ -571,7 +579,7 @@ class GLAGAFGStage(StageKind):
         afg = AdaptiveFeatureGenerator(
             feats, labels, C, head_mask, target=opts["target"], tukey_lambda=opts["tukey_lambda"], k=opts["k"],
             gamma=opts["gamma"], dispersion=opts["dispersion"], own_covariance=opts["own_covariance"],
-            jitter=opts["jitter"], max_tries=opts["max_tries"], chunk_elements=opts["chunk_elements"],
+            chunk_elements=opts["chunk_elements"],
         )
         tail_mask = ~head_mask
         record = stage.options

@@ -7,8 +7,9 @@ Stage 1 (representation enhancement, RE) is an ordinary ``supervised`` stage: Re
 2. **Head / tail** (``head_fraction``, 0.6): the head classes are the smallest set of largest classes
    holding at least 60% of the training images (:func:`~longtail.features.calibration.head_tail_split`);
    the rest are tail classes.
-3. **Statistics** μ_i, Σ_i (Eq. 2-3, unbiased) of every class
-   (:class:`~longtail.features.statistics.ClassStatistics`); only the head classes' are used.
+3. **Statistics** μ_i, Σ_i (Eq. 2-3, unbiased) of the head classes only
+   (:class:`~longtail.features.statistics.ClassStatistics`): no rule reads a tail class's
+   covariance, and ``[C, D, D]`` for all classes does not fit for iNaturalist.
 4. **Calibration** (``calibration``), one Gaussian per tail *instance* x̂ (n_s = 1):
    S = the ``m`` nearest head means (Eq. 4-5), weights w_i (Eq. 6, see ``weighting``),
    μ0 = Σ w_i μ_i, Σ0 = Σ w_i² Σ_i + αI (Eq. 7), posterior μ' = β/(1+β)·μ0 + 1/(1+β)·x̂,
@@ -59,7 +60,9 @@ Options (``stages[i].options``; the default first):
   the usual factor that brings class i up to the size of class 1; τ > 1 over-balances a little),
   which makes τ "control the balanced degree" as the text says: τ = 1 is class-balanced sampling,
   τ = 1.2–1.3 (the paper's range) mildly favours the tail (IF 100: 100^0.2 ≈ 2.5×), τ = 0 is
-  instance sampling. ``class`` is the literal reading, kept as a named option.
+  instance sampling. The printed form also points that way: n_1 cancels in a normalised class
+  probability and only means something as a per-instance repetition factor. ``class`` is the
+  literal reading, kept as a named option.
 * ``dispersion``: ``identity`` (αI as printed in Eq. 7) | ``all`` (α on every entry).
 * ``alpha_scale``: ``absolute`` (default: α is added as given, the paper's form) | ``relative``
   (α is multiplied by the mean per-dimension variance of the head classes, so that it means the
@@ -117,7 +120,6 @@ from ..features.calibration import (
     class_sampling_probabilities,
     dc_calibrate,
     head_tail_split,
-    ladc_average,
     ladc_calibrate,
 )
 from ..features.gaussian import sample_gaussians
@@ -259,7 +261,8 @@ def _dc_factored(queries: torch.Tensor, stats: ClassStatistics, base: torch.Tens
 
 class LADCSampler:
     """Everything stage 2 draws from: the real features, the head/tail split, the class
-    probabilities of Eq. 13 and the calibrated Gaussians of the tail rows.
+    probabilities of Eq. 13 and the calibrated Gaussians of the tail rows. ``stats`` holds the head
+    classes only (row h = class ``head_classes[h]``); the Gaussians' support ids index it.
 
     Rows: ``calibration="instance"`` and ``"dc"``: one per tail training instance (in training-split
     order); ``"average"``: one per tail class (increasing class index); ``"none"``: no rows.
@@ -283,21 +286,30 @@ class LADCSampler:
         self.starts = torch.cumsum(self.class_counts, 0) - self.class_counts
         lam = opts.tukey_lambda
         space = self.features if lam == 1 else tukey_transform(self.features, lam)
-        self.stats = ClassStatistics.from_features(space, self.labels, num_classes)
-        head_var = torch.diagonal(self.stats.covariances[self.head_mask], dim1=-2, dim2=-1).mean()
+        # Statistics (Eq. 2-3) of the head classes only, indexed 0..H-1 in class order: no rule
+        # reads a tail class's covariance, and [C, D, D] for every class would not fit for the
+        # paper's larger datasets (iNaturalist: 8142 x 2048 x 2048 floats, 137 GB).
+        self.head_classes = torch.nonzero(self.head_mask).flatten()
+        local = torch.full((num_classes,), -1, dtype=torch.long, device=device)
+        local[self.head_classes] = torch.arange(self.head_classes.shape[0], device=device)
+        in_head = self.head_mask[self.labels]
+        self.stats = ClassStatistics.from_features(space[in_head], local[self.labels[in_head]], self.head_classes.shape[0])
+        self.support_mask = torch.ones(self.head_classes.shape[0], dtype=torch.bool, device=device)
+        head_var = torch.diagonal(self.stats.covariances, dim1=-2, dim2=-1).mean()
         self.variance_unit = float(head_var) if opts.alpha_scale == "relative" else 1.0
         self.alpha = opts.alpha * self.variance_unit
         self.dc_alpha = opts.dc_alpha * self.variance_unit
 
-        tail_instances = torch.nonzero(~self.head_mask[self.labels]).flatten()
+        tail_instances = torch.nonzero(~in_head).flatten()
         self.tail_classes = torch.nonzero(~self.head_mask).flatten()
         self.row_of_instance = torch.full((self.labels.shape[0],), -1, dtype=torch.long, device=device)
         self.row_of_class = torch.full((num_classes,), -1, dtype=torch.long, device=device)
         if opts.calibration in ("instance", "dc"):
             self.row_inputs = space[tail_instances]
             self.row_of_instance[tail_instances] = torch.arange(tail_instances.shape[0], device=device)
-        elif opts.calibration == "average":
-            self.row_inputs = self.stats.means[self.tail_classes]
+        elif opts.calibration == "average":  # x̂ = the tail class mean (Eq. 2)
+            sums = torch.zeros(num_classes, space.shape[1], dtype=space.dtype, device=device).index_add_(0, self.labels, space)
+            self.row_inputs = (sums / self.class_counts.unsqueeze(1).clamp(min=1).to(space.dtype))[self.tail_classes]
             self.row_of_class[self.tail_classes] = torch.arange(self.tail_classes.shape[0], device=device)
         else:
             self.row_inputs = space[:0]
@@ -308,20 +320,18 @@ class LADCSampler:
     def _factored(self) -> FactoredGaussians:
         o, x = self.opts, self.row_inputs
         if o.calibration == "dc":
-            return _dc_factored(x, self.stats, self.head_mask, o.m, self.dc_alpha, o.dc_dispersion)
-        return _ladc_factored(x, self.stats, self.head_mask, o.m, self.alpha, o.beta, o.weighting, o.n_s, o.dispersion)
+            return _dc_factored(x, self.stats, self.support_mask, o.m, self.dc_alpha, o.dc_dispersion)
+        return _ladc_factored(x, self.stats, self.support_mask, o.m, self.alpha, o.beta, o.weighting, o.n_s, o.dispersion)
 
     def calibrate(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(means, covs)`` of ``rows`` from the shared calibration functions (the reference)."""
+        """``(means, covs)`` of ``rows`` from the shared calibration functions (the reference);
+        ``"average"`` is ``ladc_calibrate`` of the tail class means, i.e. ``ladc_average``."""
         o = self.opts
-        if o.calibration == "instance":
-            return ladc_calibrate(self.row_inputs[rows], self.stats, self.head_mask, o.m, self.alpha, o.beta,
+        if o.calibration in ("instance", "average"):
+            return ladc_calibrate(self.row_inputs[rows], self.stats, self.support_mask, o.m, self.alpha, o.beta,
                                   o.weighting, o.n_s, o.dispersion)
-        if o.calibration == "average":
-            return ladc_average(self.stats, self.head_mask, self.tail_classes[rows], o.m, self.alpha, o.beta,
-                                o.weighting, o.n_s, o.dispersion)
         if o.calibration == "dc":
-            return dc_calibrate(self.row_inputs[rows], self.stats, self.head_mask, o.m, self.dc_alpha, o.dc_dispersion)
+            return dc_calibrate(self.row_inputs[rows], self.stats, self.support_mask, o.m, self.dc_alpha, o.dc_dispersion)
         raise ConfigError("calibration 'none' has no Gaussians")
 
     # ------------------------------------------------------------------ drawing

@@ -1,0 +1,139 @@
+"""BWLM (seed 004) review: BFS against Eq. (13) by hand, the stage-2 counts, options checked before
+stage 1 trains, and both stages on images streamed from disk (the ImageNet-LT path)."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import longtail.engine.runner as runner
+from longtail.config import load_config
+from longtail.data.files import FileSplit
+from longtail.engine.stages import stage_kind
+from longtail.errors import ConfigError
+from longtail.losses.bfs import BalancedFocalSoftmaxLoss
+from longtail.losses.class_balanced import class_balanced_weights
+
+from .test_engine import COUNTS, tiny_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = ["bwlm_ce", "bwlm_cew", "bwlm_cb", "bwlm_cbw", "bwlm_bs", "bwlm_bsw", "bwlm_bfs", "bwlm"]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(
+        mapping={"method": "bwlm", "name": "bwlm"},
+        overrides=[f"output_dir={tmp_path}", "engine.progress=false", "model.encoder=resnet20",
+                   "stages.0.epochs=1", "stages.0.batch_size=16", "stages.1.epochs=1", "stages.1.batch_size=16", *extra],
+    )
+
+
+# ------------------------------------------------------------------------------ BFS, Eq. (13)
+def test_bfs_is_eq13_with_cb_weights_normalised_to_c():
+    counts, alpha, beta, gamma = [500, 50, 5], 0.3, 0.9999, 2.0
+    z = np.array([[1.5, -0.5, 0.2], [-1.0, 2.0, 0.5]])
+    y = np.array([2, 0])
+    raw = (1 - beta) / (1 - beta ** np.array(counts, dtype=float))  # Eq. (5)
+    w = raw / raw.sum() * len(counts)  # Cui et al.'s normalisation (documented in bfs.py)
+    expected = []
+    for zi, yi in zip(z, y):
+        log_phi = math.log(counts[yi] * math.exp(zi[yi]) / sum(n * math.exp(v) for n, v in zip(counts, zi)))  # Eq. (9)
+        zt = np.where(np.arange(3) == yi, zi, -zi)
+        pt = 1 / (1 + np.exp(-zt))
+        focal = np.sum((1 - pt) ** gamma * np.log(pt))  # Eq. (7), the sum as printed (negative)
+        expected.append((alpha - 1) * log_phi - alpha * w[yi] * focal)  # Eq. (13)
+    loss = BalancedFocalSoftmaxLoss(counts, alpha=alpha, beta=beta, gamma=gamma)
+    got = loss.per_sample(torch.tensor(z, dtype=torch.float32), torch.tensor(y))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    assert float(loss(torch.tensor(z, dtype=torch.float32), torch.tensor(y))) == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------ stage 2 counts
+@pytest.fixture
+def fake_data(monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", tiny_dataset)
+
+
+def test_review_stage_losses_use_the_counts_of_the_whole_training_set(tmp_path, fake_data):
+    cfg = tiny_config(tmp_path, "stages.1.loss.alpha=0.5")
+    ctx = runner.Run(cfg)._setup()
+    for stage in cfg.stages:
+        stage_kind(stage.kind).prepare(ctx, stage)
+    stage = cfg.stages[1]
+    loss = stage_kind(stage.kind).build(ctx, stage).hooks[0]
+    assert isinstance(loss, BalancedFocalSoftmaxLoss) and loss.alpha == 0.5
+    torch.testing.assert_close(loss.cb_focal.class_weights, class_balanced_weights(COUNTS, 0.9999))
+    torch.testing.assert_close(loss.balanced_softmax.log_counts, torch.log(torch.tensor(COUNTS, dtype=torch.float32)))
+    assert stage.options["review_class_counts"] == [12, 12, 12, 6]
+
+
+# ------------------------------------------------------------------------------ options checked first
+@pytest.mark.parametrize("bad", [
+    "stages.1.options.loss_counts=reviw",
+    "stages.1.options.resample_each_epochs=true",
+    "stages.1.options.num_head_classes=4",
+    "stages.0.options.num_head_clases=1",
+])
+def test_bad_options_fail_before_stage1_trains(tmp_path, fake_data, bad):
+    with pytest.raises(ConfigError):
+        runner.run_config(tiny_config(tmp_path, bad))
+    assert not list(tmp_path.rglob("stage0_*.pt")), "stage 1 trained before the option was checked"
+
+
+def test_every_ablation_row_and_variant_has_a_config_for_cifar10_and_cifar100():
+    for folder in ("cifar10_lt", "cifar100_lt"):
+        for method in ROWS + ["bwlm_naive", "bwlm_stage1_all"]:
+            cfg = load_config(REPO / "configs" / folder / f"{method}.yaml")
+            assert cfg.method == method and cfg.data.dataset == folder.split("_")[0]
+
+
+# ------------------------------------------------------------------------------ streamed images
+@pytest.fixture
+def image_lists(tmp_path):
+    """train [12, 8, 4, 3] / test 4 per class, 32x32 PNGs listed as ``path label``."""
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", [12, 8, 4, 3]), ("test", [4] * 4)):
+        lines = []
+        for label, count in enumerate(counts):
+            for i in range(count):
+                rel = f"{split}/c{label}/{i}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                pixels = np.clip(40 * label + rng.integers(0, 80, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / rel)
+                lines.append(f"{rel} {label}\n")
+        (tmp_path / f"{split}.txt").write_text("".join(lines))
+    return tmp_path
+
+
+def file_config(tmp_path, *extra):
+    return load_config(
+        mapping={"method": "bwlm", "name": "files", "output_dir": str(tmp_path / "runs"),
+                 "data": {"dataset": "splitfile", "root": str(tmp_path / "images"), "train_list": str(tmp_path / "train.txt"),
+                          "test_list": str(tmp_path / "test.txt"), "image_size": 32, "workers": 0},
+                 "model": {"encoder": "resnet10"}, "eval": {"batch_size": 16}, "engine": {"device": "cpu", "progress": False}},
+        overrides=["stages.0.epochs=1", "stages.1.epochs=1", "stages.0.batch_size=8", "stages.1.batch_size=8", *extra],
+    )
+
+
+def test_both_stages_on_streamed_images(image_lists):
+    cfg = file_config(image_lists)
+    ctx = runner.Run(cfg)._setup()
+    assert isinstance(ctx.splits["train"][0], FileSplit)
+    stage1, stage2 = cfg.stages
+    kind = stage_kind(stage1.kind)
+    kind.prepare(ctx, stage1)
+    plan = kind.build(ctx, stage1)
+    assert np.bincount(plan.source.loader.dataset.y, minlength=4).tolist() == [12, 8, 0, 0]  # the m = 2 head classes
+    results = runner.run_config(cfg)
+    assert results["class_counts"] == [12, 8, 4, 3]
+    assert stage2.options["review_class_counts"] == [4, 4, 4, 3]  # heads at n_{m+1} = 4, tail whole
+
+
+def test_resampling_streamed_images_is_refused_before_stage1(image_lists):
+    cfg = file_config(image_lists, "stages.1.features=online", "stages.1.options.resample_each_epoch=true")
+    with pytest.raises(ConfigError, match="features: cached"):
+        runner.run_config(cfg)
+    assert not list(image_lists.rglob("stage0_*.pt"))
