@@ -1,28 +1,45 @@
 #!/usr/bin/env bash
-# One GPU call's measurements; every result lands in $OUT (the device tool brings it back).
+# One GPU call's measurements. Everything is written under /tmp/session and packed into
+# $OUT/session.tar.gz (the device tool brings back at most 8 files), with the console in $OUT/log.txt.
 # Usage, from the repository root on the GPU machine (prepared data files carried in .prepared/):
-#   LONGTAIL_COMMIT=<sha> [SPEED=1] [SMOKE=<recipes>] [CONCURRENT=3] \
-#     bash benchmarks/gpu_session.sh SPEC "<methods>" "<imbalance factors>"
+#   LONGTAIL_COMMIT=<sha> [SPEED=1] [EAGER_PARITY=1] [SMOKE=<recipes>] [CONCURRENT=3] [SET="k=v ..."] \
+#     bash benchmarks/gpu_session.sh [SPEC "<methods>" "<imbalance factors>"]
 # e.g. bash benchmarks/gpu_session.sh benchmarks/specs/cifar10_lt_iwb_bwlm.yaml "wd wd_maxnorm_cb iwb" "100"
-# Afterwards, here: longtail bench merge benchmarks/results/<name>.json <files_at>/<name>.json
-# --output benchmarks/results/<name>.json, and unpack runs.tar.gz into benchmarks/results/runs/.
+# Afterwards, here: tar -xzf <files_at>/session.tar.gz -C /tmp; longtail bench merge
+# benchmarks/results/<name>.json /tmp/session/<name>.json --output benchmarks/results/<name>.json;
+# copy /tmp/session/runs/<name>/ into benchmarks/results/runs/<name>/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=src
 OUT=${OUT:-out}; mkdir -p "$OUT"
+W=/tmp/session; mkdir -p "$W"
 SPEC=${1:-}
 METHODS=${2:-}
 FACTORS=${3:-}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-python -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+pack() { tar -czf "$OUT/session.tar.gz" -C /tmp --exclude='*.pt' session; }
+trap pack EXIT
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$W/gpu.txt"
+python -c "import torch; print('torch', torch.__version__)" | tee -a "$W/gpu.txt"
 if [ -n "${SMOKE:-}" ]; then
-  python benchmarks/gpu_smoke.py /tmp/smoke "$SMOKE" 2>&1 | grep -v Warn | tee "$OUT/smoke.log" | cut -c1-300
+  python benchmarks/gpu_smoke.py "$W/smoke" "$SMOKE" 2>&1 | grep -v Warn | tee "$W/smoke.log" | cut -c1-300
 fi
 if [ -n "${SPEED:-}" ]; then
-  python -m longtail.cli bench speed --prepared .prepared/cifar10_lt_if100.ltd --output "$OUT/speed.json" 2>&1 \
-    | grep -v Warn | tee "$OUT/speed.log"
+  python -m longtail.cli bench speed --prepared .prepared/cifar10_lt_if100.ltd --output "$W/speed.json" 2>&1 \
+    | grep -v Warn | tee "$W/speed.log"
+fi
+if [ -n "${EAGER_PARITY:-}" ]; then  # eager fp32 is launch-bound on the host: one process per seed
+  for s in 0 1 2; do
+    python -m longtail.cli bench reproduce benchmarks/specs/cifar10_lt_fast_path_parity.yaml --methods ce_eager_fp32 \
+      --seeds $s --runs "$W/runs" --results "$W/eager_seed$s" > "$W/eager_seed$s.log" 2>&1 &
+  done
+  wait
+  tail -n 3 "$W"/eager_seed*.log
+  # the three finished runs are skipped now; this gathers them into one 3-seed cell in $W
+  python -m longtail.cli bench reproduce benchmarks/specs/cifar10_lt_fast_path_parity.yaml --methods ce_eager_fp32 \
+    --runs "$W/runs" --results "$W" 2>&1 | grep -v Warn | tail -n 8
 fi
 if [ -n "$SPEC" ]; then
   python -m longtail.cli bench reproduce "$SPEC" ${METHODS:+--methods $METHODS} ${FACTORS:+--imbalance-factors $FACTORS} \
-    --runs /tmp/runs --results "$OUT" --concurrent "${CONCURRENT:-3}" 2>&1 | grep -v Warn | tee "$OUT/reproduce.log" | tail -40
-  tar -czf "$OUT/runs.tar.gz" -C /tmp --exclude='*.pt' runs 2>/dev/null
+    ${SET:+--set $SET} --runs "$W/runs" --results "$W" --concurrent "${CONCURRENT:-3}" 2>&1 | grep -v Warn \
+    | tee "$W/reproduce.log" | tail -40
 fi

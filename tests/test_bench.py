@@ -78,3 +78,15 @@ def test_merge_of_parts_run_on_different_machines(tmp_path):
     assert [(x["method"], x["top1_mean"]) for x in record["cells"]] == [("ce", 71.0), ("lws", 72.0)]
     assert [p["command"] for p in record["parts"]] == ["first", "second", "rerun"]
     assert "| 100 | lws | 1 | 72.00 ± 0.00" in (tmp_path / "m.md").read_text()
+
+
+def test_set_overrides_every_run_but_a_methods_own_overrides_win(spec_file):
+    spec = reproduce.load_spec(spec_file)
+    spec["methods"]["lws"]["overrides"].append("engine.compile=off")
+    jobs = reproduce.plan_jobs(spec, spec_file.parent / "runs", extra=["engine.compile=on", "stages.0.epochs=3"])
+    by = {(j.method, j.seed): j for j in jobs}
+    assert by[("ce", 0)].config.engine.compile is True and by[("ce", 0)].config.stages[0].epochs == 3
+    assert by[("lws", 0)].config.engine.compile is False
+    # engine numerics are part of the stage-1 identity: lws (compile off) cannot reuse ce's compiled stage 1
+    assert by[("crt", 0)].shared_stage1 is by[("ce", 0)]
+    assert by[("lws", 0)].shared_stage1 is not by[("ce", 0)]

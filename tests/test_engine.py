@@ -173,3 +173,31 @@ def test_compiled_encoder_trains_like_the_plain_one_and_reports_compile_time(tmp
     plain_loss = json.loads((tmp_path / "plain" / "ce" / "seed0" / "metrics.jsonl").read_text())["loss"]
     fast_loss = json.loads((tmp_path / "compiled" / "ce" / "seed0" / "metrics.jsonl").read_text())["loss"]
     assert fast_loss == pytest.approx(plain_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("shift_bn", [True, False])
+def test_mislas_stage2_trains_classifier_and_scale_and_shifts_bn_only_when_asked(tmp_path, shift_bn):
+    # small stage-2 learning rates: after 4 tiny stage-1 epochs the BN running statistics (used when the
+    # encoder is frozen in eval mode) are far from converged and the features are large
+    cfg = config(tmp_path, "mislas", "stages.1.epochs=2", "stages.1.batch_size=16", f"stages.1.options.shift_bn={shift_bn}",
+                 "stages.1.optimizer.lr=0.001", "stages.1.optimizer.param_groups={base.: {lr: 0.0005}}")
+    runner.run_config(cfg)
+    run_dir = tmp_path / "mislas" / "seed0"
+    before = torch.load(run_dir / "stage0_stage1.pt")["model"]
+    after = torch.load(run_dir / "stage1_las.pt")["model"]
+    weights = [k for k in before if k.startswith("encoder.") and ("conv" in k or k.endswith(("weight", "bias")))]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert weights and stats
+    for key in weights:  # the encoder's parameters never change
+        torch.testing.assert_close(before[key], after[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(before[k], after[k]) for k in stats) == shift_bn
+    # the stage-1 classifier is re-trained (train_base) together with the new LWS scale
+    assert not torch.equal(before["head.fc.weight"], after["head.base.fc.weight"])
+    assert not torch.equal(after["head.scale"], torch.ones_like(after["head.scale"]))
+
+
+def test_shift_bn_needs_online_features(tmp_path):
+    from longtail.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="shift_bn"):
+        runner.run_config(config(tmp_path, "mislas", "stages.1.features=cached"))

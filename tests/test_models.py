@@ -232,3 +232,12 @@ def test_build_model_errors():
         build_model("resnet10", 10, pretrained=True)
     assert {"resnet32", "resnet20", "resnet44", "resnet56", "resnet110", "resnet32x8", "resnet10",
             "resnet50", "resnext50_32x4d", "identity"} <= set(ENCODERS.names())
+
+
+def test_prior_bias_init_starts_every_sigmoid_at_one_over_C():
+    head = LinearHead(8, 10, bias_init="prior")
+    torch.testing.assert_close(torch.sigmoid(head.fc.bias), torch.full((10,), 0.1))
+    model = build_model("resnet20", 10, head="linear", bias_init="prior")
+    torch.testing.assert_close(model.head.fc.bias, torch.full((10,), -math.log(9)))
+    with pytest.raises(ConfigError, match="bias_init"):
+        LinearHead(8, 10, bias_init="zeros")

@@ -72,8 +72,9 @@ def load_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, seeds=None) -> list[Job]:
-    """All jobs of the (filtered) matrix, with shared stage-1 runs attached."""
+def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, seeds=None, extra=()) -> list[Job]:
+    """All jobs of the (filtered) matrix, with shared stage-1 runs attached. Overrides apply in the
+    order: the spec's, ``extra`` (``--set``, every run), the method's own."""
     jobs, providers = [], {}
     for factor, data in spec["data"].items():
         factor = float(factor)
@@ -90,7 +91,7 @@ def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, 
                 overrides = [f"data.{k}={v}" for k, v in data.items()] + [
                     f"seed={seed}", f"name={method}", f"output_dir={runs_dir / spec['name'] / f'if{factor:g}'}",
                     "engine.progress=false",
-                ] + list(spec.get("overrides", [])) + list(method_overrides)
+                ] + list(spec.get("overrides", [])) + list(extra) + list(method_overrides)
                 config = load_config(Path(config_path), overrides)
                 jobs.append(Job(method, factor, seed, config))
     for job in jobs:  # single-stage runs provide their stage 1 to decoupled methods
@@ -276,12 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=1, help="runs trained at once, each on its own CUDA stream")
     parser.add_argument("--runs", default="runs/bench", help="folder of the run folders")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="folder of the results JSON/Markdown")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for every run (e.g. engine.compile=on); a method's own overrides win")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     args = parser.parse_args(argv)
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
     command = "longtail bench reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
-    jobs = plan_jobs(spec, Path(args.runs), args.methods, args.imbalance_factors, args.seeds)
+    jobs = plan_jobs(spec, Path(args.runs), args.methods, args.imbalance_factors, args.seeds, args.set)
     print(f"{len(jobs)} runs ({sum(1 for j in jobs if j.method.startswith('stage1_'))} shared stage-1 runs)")
     for job in jobs:
         shared = f" (stage 1 from {job.shared_stage1.config.name})" if job.shared_stage1 else ""

@@ -9,7 +9,9 @@ before loading its weights:
 
 ``supervised`` covers every stage trained by gradient descent on real data: stage 1 (whole
 network) and classifier re-training on a frozen encoder (cRT, LWS, LWS-Plus, WD+MaxNorm, IWB,
-BWLM's stage 2) from cached features or online with augmentation.
+BWLM's stage 2) from cached features or online with augmentation; with ``options.shift_bn``
+(online only) the frozen encoder's BatchNorm statistics are re-estimated on the stage's batches
+(MiSLAS).
 """
 from __future__ import annotations
 
@@ -193,6 +195,13 @@ def make_plan(
 class SupervisedStage(StageKind):
     """Gradient-descent training on real data: the whole network, or the head on a frozen encoder."""
 
+    def check(self, ctx: RunContext, stage: StageConfig) -> None:
+        if stage.options.get("shift_bn") and (stage.train != "head" or stage.features != "online"):
+            raise ConfigError(
+                f"stage {stage.name!r}: options.shift_bn re-estimates the frozen encoder's BatchNorm statistics "
+                "on the stage's own batches; it needs train: head and features: online"
+            )
+
     def training_data(self, ctx: RunContext, stage: StageConfig, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The stage's training inputs and labels (subclasses may select a subset)."""
         inputs, labels = ctx.splits["train"]
@@ -261,15 +270,21 @@ class SupervisedStage(StageKind):
             cap = MaxNorm(saved).to(weight.device) if saved is not None else MaxNorm.from_initial_norms(weight, **stage.max_norm)
             stage.options["max_norm_threshold"] = cap.threshold.tolist()
             post_step.append(lambda: cap.apply_(weight))
-        return make_plan(
+        # shift_bn (MiSLAS's "shift learning on BN"): the frozen encoder runs in train mode, so its
+        # BatchNorm running statistics follow the stage's (e.g. class-balanced) batches; no gradients.
+        shift_bn = bool(stage.options.get("shift_bn"))
+        plan = make_plan(
             stage,
             source,
             compute_loss,
             trained=model.head if head_only else model,
-            frozen=encoder if head_only else None,
+            frozen=encoder if head_only and not shift_bn else None,
             loss_fn=loss_fn,
             post_step=post_step,
         )
+        if shift_bn:
+            plan.train_modules.append(encoder)
+        return plan
 
 
 @STAGE_KINDS.register("tau_norm")

@@ -39,15 +39,22 @@ class LinearHead(Head):
     """z = W x + b, W ∈ R^{C×D} (``.fc``, an ``nn.Linear``).
 
     W is Kaiming-normal (fan-in, gain √2) and b keeps nn.Linear's uniform init, as in the
-    ResNet-32 code of Cao et al. (2019) / Idelbayev. ``class_weight()`` returns ``fc.weight``
-    itself, so that projections such as MaxNorm can act on it in place.
+    ResNet-32 code of Cao et al. (2019) / Idelbayev. ``bias_init="prior"`` starts every bias at
+    b = −log(C − 1), so that each one-vs-all sigmoid starts at the prior 1/C: Cui et al.'s (2019)
+    initialisation for their sigmoid and focal losses (Lin et al. 2017, Sec. 3.3, with π = 1/C).
+    ``class_weight()`` returns ``fc.weight`` itself, so that projections such as MaxNorm can act on
+    it in place.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, bias: bool = True):
+    def __init__(self, in_dim: int, num_classes: int, bias: bool = True, bias_init: str = "uniform"):
         super().__init__()
         self.in_dim, self.num_classes = in_dim, num_classes
         self.fc = nn.Linear(in_dim, num_classes, bias=bias)
         nn.init.kaiming_normal_(self.fc.weight)
+        if bias_init == "prior" and bias:
+            nn.init.constant_(self.fc.bias, -torch.log(torch.tensor(max(num_classes - 1, 1), dtype=torch.float64)).item())
+        elif bias_init not in ("uniform", "prior"):
+            raise ConfigError(f"unknown bias_init {bias_init!r}; valid: uniform (nn.Linear's), prior (-log(C-1))")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
@@ -82,16 +89,18 @@ class CosineHead(Head):
 class FrozenBaseHead(Head):
     """A head computed from a frozen ``LinearHead`` (Kang et al. 2020's classifier re-balancing).
 
-    The constructor sets ``requires_grad=False`` on the base's parameters, in place.
+    The constructor sets ``requires_grad=train_base`` on the base's parameters, in place:
+    ``train_base=True`` trains the linear classifier together with the wrapper's own parameters
+    (MiSLAS's stage 2 re-trains the classifier and an LWS scale jointly).
     """
 
-    def __init__(self, base: LinearHead):
+    def __init__(self, base: LinearHead, train_base: bool = False):
         super().__init__()
         if not isinstance(base, LinearHead):
             raise ConfigError(f"{type(self).__name__} wraps a LinearHead, got "
                               f"{type(base).__name__}; train stage 1 with head='linear'")
         self.in_dim, self.num_classes = base.in_dim, base.num_classes
-        self.base = base.requires_grad_(False)
+        self.base = base.requires_grad_(train_base)
 
     @classmethod
     def build(cls, in_dim: int, num_classes: int, bias: bool = True, **options) -> "FrozenBaseHead":
@@ -103,12 +112,12 @@ class FrozenBaseHead(Head):
 class LWSHead(FrozenBaseHead):
     """Learnable weight scaling (Kang et al. 2020): z_c = f_c · (w_c · x + b_c).
 
-    Only f (``.scale``, initialised to 1) trains; the linear base is frozen.
+    f (``.scale``, initialised to 1) trains; the linear base is frozen unless ``train_base``.
     ``class_weight()`` = f_c · w_c.
     """
 
-    def __init__(self, base: LinearHead):
-        super().__init__(base)
+    def __init__(self, base: LinearHead, train_base: bool = False):
+        super().__init__(base, train_base)
         self.scale = nn.Parameter(torch.ones(self.num_classes, device=base.fc.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,8 +136,8 @@ class LWSPlusHead(LWSHead):
     (``.logit_bias``, init 0, so training starts from the stage-1 classifier).
     """
 
-    def __init__(self, base: LinearHead):
-        super().__init__(base)
+    def __init__(self, base: LinearHead, train_base: bool = False):
+        super().__init__(base, train_base)
         self.logit_bias = nn.Parameter(torch.zeros_like(self.scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
