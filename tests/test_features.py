@@ -13,12 +13,14 @@ from longtail.features.calibration import (
     adapt_beta,
     class_sampling_probabilities,
     dc_calibrate,
+    dc_calibration_terms,
     glag_calibrate,
     glag_calibration_terms,
     head_tail_split,
     init_beta,
     ladc_average,
     ladc_calibrate,
+    ladc_calibration_terms,
 )
 from longtail.features.extract import FeatureCache, extract_features
 from longtail.features.gaussian import cholesky_with_jitter, sample_factored_gaussians, sample_gaussians
@@ -175,6 +177,7 @@ def test_factored_statistics_factors_are_exact_square_roots():
     close(fs.means, ref.means)
     close(fs.covariances(), ref.covariances)
     close(fs.dense().covariances, ref.covariances)
+    close(fs.variances(), ref.covariances.diagonal(dim1=-2, dim2=-1))
     biased = FactoredStatistics.from_features(feats, labels, 5, unbiased=False)
     close(biased.covariances(), ClassStatistics.from_features(feats, labels, 5, unbiased=False).covariances)
 
@@ -321,6 +324,32 @@ def test_dc_hand_computed(stats3):
     m1, c1 = dc_calibrate(X, stats3, HEAD, k=1, alpha=0.0)
     close(m1[0], [0.0, 1.5])
     close(c1[0], torch.eye(2))
+
+
+def test_ladc_and_dc_calibration_terms_are_the_dense_covariance(stats3):
+    """The factored forms LADC's stage samples from: p w^2 on the support classes and p alpha as the
+    dispersion (p = beta/(n_s+beta), per row for a tensor n_s); 1/k and alpha for DC; both modes."""
+    xs = torch.tensor([[0.0, 3.0], [1.0, 3.0], [4.0, 1.0]], dtype=D64)
+    ns = torch.tensor([1.0, 10.0, 3.0], dtype=D64)
+    eye, ones = torch.eye(2, dtype=D64), torch.ones(2, 2, dtype=D64)
+    for weighting in ("printed", "inverse_distance"):
+        m, classes, weights, spread = ladc_calibration_terms(xs, stats3.means, stats3.counts, HEAD, 2, 0.1, 0.5, weighting, ns)
+        close(spread, 0.1 * 0.5 / (ns + 0.5))
+        mixed = (weights.view(3, 2, 1, 1) * stats3.covariances[classes]).sum(1)
+        for mode, K in (("identity", eye), ("all", ones)):
+            md, cd = ladc_calibrate(xs, stats3, HEAD, 2, 0.1, 0.5, weighting, ns, dispersion=mode)
+            close(m, md)
+            close(mixed + spread.view(3, 1, 1) * K, cd)
+    # the hand-computed printed case: weights 0.5 * (18/43, 25/43)^2 on classes 0, 1
+    _, classes, weights, spread = ladc_calibration_terms(X, stats3.means, stats3.counts, HEAD, 2, 0.1, 1.0, "printed")
+    assert classes[0].tolist() == [0, 1]
+    close(weights[0], [0.5 * (18 / 43) ** 2, 0.5 * (25 / 43) ** 2])
+    close(spread, [0.05])
+    m, classes, weights = dc_calibration_terms(xs, stats3.means, HEAD, k=2)
+    close(weights, torch.full((3, 2), 0.5))
+    md, cd = dc_calibrate(xs, stats3, HEAD, k=2, alpha=0.21)
+    close(m, md)
+    close((weights.view(3, 2, 1, 1) * stats3.covariances[classes]).sum(1) + 0.21, cd)
 
 
 def test_option_validation(stats3):

@@ -1,5 +1,6 @@
 """LADC's stage 2: posterior formulas by hand, the 60% head/tail rule, the sampler's class
-frequencies, factored sampling = the calibration functions, and tiny end-to-end runs."""
+frequencies, factored Gaussians = the calibration functions, exact draws (also from singular head
+covariances), and tiny end-to-end runs."""
 import json
 import math
 
@@ -11,19 +12,33 @@ import longtail.engine.runner as runner
 from longtail.config import load_config
 from longtail.data.dataset import ArraySplit, LongTailedDataset
 from longtail.errors import ConfigError
-from longtail.features.calibration import dc_calibrate, head_tail_split, ladc_average, ladc_calibrate
-from longtail.features.statistics import ClassStatistics
-from longtail.methods.ladc import (
-    CalibratedFeatureSource,
-    LADCOptions,
-    LADCSampler,
-    _ladc_factored,
+from longtail.features.calibration import (
+    dc_calibrate,
+    head_tail_split,
+    ladc_average,
+    ladc_calibrate,
+    ladc_calibration_terms,
 )
+from longtail.features.statistics import ClassStatistics
+from longtail.methods.ladc import CalibratedFeatureSource, FactoredGaussians, LADCOptions, LADCSampler
 from longtail.models.heads import LWSHead, LWSPlusHead, LinearHead
 from tests.test_engine import tiny_dataset
 
 
 # ------------------------------------------------------------------------- hand-computed posterior
+
+
+def dense(g: FactoredGaussians, class_covariances: torch.Tensor) -> torch.Tensor:
+    """The ``[R, D, D]`` covariances of factored Gaussians: sum_j weights_j Sigma_{classes_j} + dispersion K."""
+    D = class_covariances.shape[-1]
+    K = torch.eye(D) if g.mode == "identity" else torch.ones(D, D)
+    mixed = (g.weights.unsqueeze(-1).unsqueeze(-1) * class_covariances[g.classes]).sum(1)
+    return mixed + g.dispersion.view(-1, 1, 1) * K.to(mixed.dtype)
+
+
+def ladc_terms(x, stats, head, m, alpha, beta, weighting, n_s, dispersion) -> FactoredGaussians:
+    return FactoredGaussians(*ladc_calibration_terms(x, stats.means, stats.counts, head, m, alpha, beta, weighting, n_s),
+                             dispersion)
 
 
 def hand_stats():
@@ -58,10 +73,10 @@ def test_posterior_matches_a_hand_computed_case(weighting, w_a, w_b):
     else:
         torch.testing.assert_close(mu_post, torch.tensor([1.0, 0.0], dtype=torch.float64))
 
-    g = _ladc_factored(x, stats, head, m=2, alpha=alpha, beta=beta, weighting=weighting, n_s=1.0, dispersion="identity")
+    g = ladc_terms(x, stats, head, m=2, alpha=alpha, beta=beta, weighting=weighting, n_s=1.0, dispersion="identity")
     torch.testing.assert_close(g.means[0], mu_post.double())
-    torch.testing.assert_close(g.covariances(stats.covariances)[0], sigma_post.double())
-    assert sorted(g.support[0].tolist()) == [0, 1]
+    torch.testing.assert_close(dense(g, stats.covariances)[0], sigma_post.double())
+    assert sorted(g.classes[0].tolist()) == [0, 1]
     means, covs = ladc_calibrate(x, stats, head, m=2, alpha=alpha, beta=beta, weighting=weighting)
     torch.testing.assert_close(means[0], mu_post.double())
     torch.testing.assert_close(covs[0], sigma_post.double())
@@ -71,14 +86,14 @@ def test_beta_moves_the_posterior_between_instance_and_prior():
     stats, head = hand_stats()
     x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     # beta = 3: mu' = 3/4 mu0 + 1/4 x, Sigma' = 3/4 Sigma0 (inverse distance: mu0 = (1, 0))
-    g = _ladc_factored(x, stats, head, 2, 0.0, 3.0, "inverse_distance", 1.0, "identity")
+    g = ladc_terms(x, stats, head, 2, 0.0, 3.0, "inverse_distance", 1.0, "identity")
     torch.testing.assert_close(g.means[0], torch.tensor([1.0, 0.0], dtype=torch.float64))
     sigma0 = torch.diag(torch.tensor([9 / 16 + 3 / 16, 18 / 16 + 1 / 16], dtype=torch.float64))
-    torch.testing.assert_close(g.covariances(stats.covariances)[0], 0.75 * sigma0)
+    torch.testing.assert_close(dense(g, stats.covariances)[0], 0.75 * sigma0)
     # beta = 0: no prior, the instance itself with zero covariance
-    g0 = _ladc_factored(x, stats, head, 2, 0.1, 0.0, "printed", 1.0, "identity")
+    g0 = ladc_terms(x, stats, head, 2, 0.1, 0.0, "printed", 1.0, "identity")
     torch.testing.assert_close(g0.means[0], x[0])
-    torch.testing.assert_close(g0.covariances(stats.covariances)[0], torch.zeros(2, 2, dtype=torch.float64))
+    torch.testing.assert_close(dense(g0, stats.covariances)[0], torch.zeros(2, 2, dtype=torch.float64))
 
 
 # ------------------------------------------------------------------------- the 60% rule
@@ -162,20 +177,20 @@ def test_factored_gaussians_equal_the_calibration_functions(calibration, weighti
         rows = torch.arange(sampler.row_inputs.shape[0])
         means, covs = sampler.calibrate(rows)
         torch.testing.assert_close(sampler.gaussians.means, means, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(sampler.gaussians.covariances(sampler.stats.covariances), covs, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(dense(sampler.gaussians, sampler.stats.covariances()), covs, atol=1e-5, rtol=1e-5)
     expected_rows = {"instance": 38, "average": 4, "dc": 38}[calibration]  # head = {0, 1}: 70/108 >= 60% > 40/108
     assert sampler.row_inputs.shape[0] == expected_rows
 
 
 @pytest.mark.parametrize("calibration", ["instance", "average", "dc"])
 def test_head_only_statistics_give_the_full_statistics_gaussians(calibration):
-    """The sampler keeps [H, D, D] head covariances only (iNaturalist's [C, D, D] would not fit);
-    its Gaussians equal the calibration functions' on the statistics of every class."""
+    """The sampler keeps square-root factors of the head classes only (iNaturalist's [C, D, D] would
+    not fit); its Gaussians equal the calibration functions' on the dense statistics of every class."""
     counts = [40, 30, 20, 10, 5, 3]
     feats, labels = blobs(counts, dim=5, seed=3)
     opts = LADCOptions(calibration=calibration, m=2, alpha=0.15, beta=0.7)
     sampler = LADCSampler(feats, labels, 6, opts)
-    assert sampler.stats.covariances.shape == (2, 5, 5) and sampler.head_classes.tolist() == [0, 1]
+    assert len(sampler.stats.factors) == 2 and sampler.head_classes.tolist() == [0, 1]
     full = ClassStatistics.from_features(feats, labels, 6)
     head = head_tail_split(counts)
     tail_rows = feats[labels >= 2]
@@ -188,7 +203,7 @@ def test_head_only_statistics_give_the_full_statistics_gaussians(calibration):
     means, covs = sampler.calibrate(torch.arange(sampler.row_inputs.shape[0]))
     torch.testing.assert_close(means, expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(covs, expected[1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(sampler.gaussians.covariances(sampler.stats.covariances), expected[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dense(sampler.gaussians, sampler.stats.covariances()), expected[1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("sampler_kind", ["factored", "cholesky"])
@@ -204,6 +219,45 @@ def test_draws_have_the_calibrated_mean_and_covariance(sampler_kind):
     # a whole epoch: every generated feature comes from the row of the instance that was drawn
     x, y, generated = sampler.draw_epoch(500)
     assert generated.any() and (y[generated] >= 2).all()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(calibration="instance"),
+        dict(calibration="instance", weighting="inverse_distance", dispersion="all", m=1),
+        dict(calibration="instance", alpha=0.0, beta=2.0),  # singular calibrated covariance
+        dict(calibration="average", n_s=2.0),
+        dict(calibration="dc"),  # alpha on every entry (DC's code)
+        dict(calibration="dc", dc_dispersion="identity", dc_alpha=0.0),
+    ],
+)
+def test_exact_draws_from_singular_head_covariances(options):
+    """Head classes with fewer features than dimensions (6 and 5 in D = 10: ranks 5 and 4): the
+    factored draws have the dense calibrated mean and covariance within sampling error (5 sd per
+    entry), and where the calibrated covariance itself is singular they stay exactly in its range
+    (no jitter)."""
+    torch.manual_seed(0)
+    D, n = 10, 40000
+    feats, labels = blobs([6, 5, 1, 1, 2], dim=D, seed=4)  # head = {0, 1}: 6 < 60% of 15 <= 11
+    sampler = LADCSampler(feats, labels, 5, LADCOptions(**{"alpha": 0.3, **options}))
+    assert sampler.head_classes.tolist() == [0, 1]
+    assert [torch.linalg.matrix_rank(c).item() for c in sampler.dense_stats.covariances] == [5, 4]
+    R = sampler.row_inputs.shape[0]
+    rows = torch.arange(R).repeat(n)  # interleaved: each draw must land at its own row's position
+    all_draws = sampler.generate(rows).double()
+    all_means, all_covs = sampler.calibrate(torch.arange(R))
+    for row in range(R):
+        draws, mu, cov = all_draws[rows == row], all_means[row].double(), all_covs[row].double()
+        var = cov.diagonal()
+        assert ((draws.mean(0) - mu).abs() <= 5 * (var / n).sqrt() + 1e-6).all()
+        sd = ((var.outer(var) + cov**2) / n).sqrt()
+        assert ((torch.cov(draws.T) - cov).abs() <= 5 * sd + 1e-6).all()
+        evals, evecs = torch.linalg.eigh(cov)
+        null = evecs[:, evals < 1e-6 * float(evals.max())]  # e.g. rank 5 + 4 = 9 with alpha = 0
+        if options.get("alpha", 0.3) == 0 or options.get("dc_alpha", 0.21) == 0:
+            assert null.shape[1] > 0
+        assert float(((draws - mu) @ null).abs().sum(1).max()) < 1e-4 * float(var.max().sqrt())
 
 
 def test_source_serves_the_epoch_in_fixed_batches():

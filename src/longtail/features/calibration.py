@@ -6,9 +6,11 @@ All rules take tail features ``x̂ [M, D]`` (usually Tukey-transformed, see
 classes per feature, and return one Gaussian per feature: ``(means [M, D], covs [M, D, D])``,
 ready for :func:`longtail.features.gaussian.sample_gaussians`. Each row is independent, so callers
 with a large feature width (``covs`` takes ``M·D²`` floats) calibrate and sample in row chunks.
-:func:`glag_calibration_terms` gives GLAG's Gaussians in factored form instead (each covariance as
-weights over class covariances), for :func:`longtail.features.gaussian.sample_factored_gaussians`,
-which needs no ``D x D`` matrix per row.
+:func:`glag_calibration_terms`, :func:`ladc_calibration_terms` and :func:`dc_calibration_terms` give
+the same Gaussians in factored form instead (each covariance as non-negative weights over class
+covariances, plus the dispersion term), for
+:func:`longtail.features.gaussian.sample_factored_gaussians`, which needs no ``D x D`` matrix per row;
+the dense rules build their covariances from these terms.
 
 Papers:
 
@@ -17,9 +19,9 @@ Papers:
   :func:`adapt_beta`).
 * LADC — Wang et al. 2021, "Label-Aware Distribution Calibration for Long-tailed
   Classification", Eq. 4-13 (:func:`head_tail_split`, :func:`ladc_calibrate`,
-  :func:`ladc_average`, :func:`class_sampling_probabilities`).
+  :func:`ladc_calibration_terms`, :func:`ladc_average`, :func:`class_sampling_probabilities`).
 * DC — Yang, Liu & Xu 2021, "Free Lunch for Few-shot Learning: Distribution Calibration",
-  Eq. 6 (:func:`dc_calibrate`).
+  Eq. 6 (:func:`dc_calibrate`, :func:`dc_calibration_terms`).
 
 Dispersion term (``gamma`` in GLAG, ``alpha`` in LADC and DC), option ``dispersion``:
 ``"identity"`` adds ``value · I`` (isotropic extra variance); ``"all"`` adds ``value`` to every
@@ -50,8 +52,10 @@ __all__ = [
     "init_beta",
     "head_tail_split",
     "ladc_calibrate",
+    "ladc_calibration_terms",
     "ladc_average",
     "dc_calibrate",
+    "dc_calibration_terms",
     "class_sampling_probabilities",
 ]
 
@@ -69,12 +73,12 @@ def _check_option(name: str, value: str, allowed: Sequence[str]) -> None:
         raise ConfigError(f"{name}={value!r} is not one of {list(allowed)}")
 
 
-def _as_rows(features: torch.Tensor, stats: ClassStatistics) -> torch.Tensor:
-    if features.dim() != 2 or features.shape[1] != stats.dim:
-        raise DataError(
-            f"features must be [M, {stats.dim}] (the statistics' width), got {tuple(features.shape)}"
-        )
-    return features.to(device=stats.device, dtype=stats.means.dtype)
+def _as_rows(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """``features`` checked against the class ``means [C, D]`` and cast to their device and dtype."""
+    D = means.shape[1]
+    if features.dim() != 2 or features.shape[1] != D:
+        raise DataError(f"features must be [M, {D}] (the statistics' width), got {tuple(features.shape)}")
+    return features.to(device=means.device, dtype=means.dtype)
 
 
 def _support(
@@ -110,14 +114,16 @@ def _mix_covariances(weights: torch.Tensor, idx: torch.Tensor, covs: torch.Tenso
 
 
 def _add_dispersion(covs: torch.Tensor, value: float | torch.Tensor, mode: str) -> torch.Tensor:
-    """``covs + value·I`` (``"identity"``) or ``covs + value`` on every entry (``"all"``)."""
+    """``covs [M, D, D] + value·I`` (``"identity"``) or ``+ value`` on every entry (``"all"``);
+    ``value`` is a number or a per-row ``[M]`` tensor."""
     _check_option("dispersion", mode, _DISPERSIONS)
     if isinstance(value, (int, float)) and value == 0:
         return covs
+    v = torch.as_tensor(value, dtype=covs.dtype, device=covs.device).reshape(-1, 1)
     if mode == "all":
-        return covs + value
+        return covs + v.unsqueeze(-1)
     out = covs.clone()
-    out.diagonal(dim1=-2, dim2=-1).add_(value)
+    out.diagonal(dim1=-2, dim2=-1).add_(v)
     return out
 
 
@@ -164,10 +170,8 @@ def glag_calibration_terms(
     :func:`~longtail.features.gaussian.sample_factored_gaussians`.
     """
     _check_option("own_covariance", own_covariance, ("class", "none"))
-    C, D = means.shape
-    if features.dim() != 2 or features.shape[1] != D:
-        raise DataError(f"features must be [M, {D}] (the statistics' width), got {tuple(features.shape)}")
-    x = features.to(device=means.device, dtype=means.dtype)
+    C = means.shape[0]
+    x = _as_rows(features, means)
     y = torch.as_tensor(feature_labels, device=means.device).long().flatten()
     if y.shape[0] != x.shape[0]:
         raise DataError(f"features ({x.shape[0]} rows) and feature_labels ({y.shape[0]}) differ in length")
@@ -352,6 +356,52 @@ def head_tail_split(class_counts: Sequence[int] | torch.Tensor, head_fraction: f
     return mask
 
 
+def ladc_calibration_terms(
+    features: torch.Tensor,
+    means: torch.Tensor,
+    counts: torch.Tensor,
+    head_mask: torch.Tensor,
+    m: int = 2,
+    alpha: float = 0.1,
+    beta: float = 1.0,
+    weighting: str = "inverse_distance",
+    n_s: float | torch.Tensor = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LADC's calibrated Gaussians (Eq. 4-12, :func:`ladc_calibrate`) in factored form.
+
+    Returns ``(means' [M, D], classes [M, m'], weights [M, m'], dispersion [M])`` such that
+    ``Sigma'_i = sum_j weights[i, j] Sigma_{classes[i, j]} + dispersion[i] K`` with ``K = I`` (Eq. 7)
+    or ``1 1^T`` (``dispersion="all"``, the caller's choice): ``weights = p w^2`` and
+    ``dispersion = p alpha`` with ``p = beta / (n_s + beta)``. ``means [C, D]`` and ``counts [C]``
+    are the class statistics; ``n_s`` is a number or a per-row ``[M]`` tensor. Feed the result
+    to :func:`~longtail.features.gaussian.sample_factored_gaussians`.
+    """
+    _check_option("weighting", weighting, _WEIGHTINGS)
+    x = _as_rows(features, means)
+    head = torch.as_tensor(head_mask, dtype=torch.bool, device=means.device).flatten()
+    if head.shape[0] != means.shape[0]:
+        raise DataError(f"head_mask has {head.shape[0]} entries for {means.shape[0]} classes")
+    if not bool(head.any()):
+        raise DataError("head_mask selects no class; LADC needs head-class statistics (see head_tail_split)")
+    if beta < 0:
+        raise ConfigError(f"beta must be >= 0, got {beta}")
+    dtype = x.dtype
+    idx, valid, sqdist = _support(x, means, head, m)
+    n = counts.to(means.device)[idx].to(dtype)
+    if weighting == "printed":
+        raw = n * sqdist
+    else:
+        raw = n / sqdist.clamp(min=_TINY)
+    w = _normalise(raw, valid)
+    mu0 = (w.unsqueeze(-1) * means[idx]).sum(1)
+    ns = torch.as_tensor(n_s, dtype=dtype, device=means.device).reshape(-1)
+    if bool((ns <= 0).any()):
+        raise ConfigError("n_s must be positive")
+    prior = (beta / (ns + beta)).expand(x.shape[0])
+    cal_means = prior.unsqueeze(1) * mu0 + (1 - prior).unsqueeze(1) * x
+    return cal_means, idx, prior.unsqueeze(1) * w * w, prior * alpha
+
+
 def _ladc_posterior(
     queries: torch.Tensor,
     stats: ClassStatistics,
@@ -363,32 +413,12 @@ def _ladc_posterior(
     n_s: float | torch.Tensor,
     dispersion: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_option("weighting", weighting, _WEIGHTINGS)
+    """Dense Eq. 11-12 from :func:`ladc_calibration_terms`."""
     _check_option("dispersion", dispersion, _DISPERSIONS)
-    head = torch.as_tensor(head_mask, dtype=torch.bool, device=stats.device).flatten()
-    if head.shape[0] != stats.num_classes:
-        raise DataError(f"head_mask has {head.shape[0]} entries for {stats.num_classes} classes")
-    if not bool(head.any()):
-        raise DataError("head_mask selects no class; LADC needs head-class statistics (see head_tail_split)")
-    if beta < 0:
-        raise ConfigError(f"beta must be >= 0, got {beta}")
-    dtype = queries.dtype
-    idx, valid, sqdist = _support(queries, stats.means, head, m)
-    n = stats.counts.to(stats.device)[idx].to(dtype)
-    if weighting == "printed":
-        raw = n * sqdist
-    else:
-        raw = n / sqdist.clamp(min=_TINY)
-    w = _normalise(raw, valid)
-    mu0 = (w.unsqueeze(-1) * stats.means[idx]).sum(1)
-    sigma0 = _add_dispersion(_mix_covariances(w * w, idx, stats.covariances), alpha, dispersion)
-    ns = torch.as_tensor(n_s, dtype=dtype, device=stats.device).reshape(-1)
-    if bool((ns <= 0).any()):
-        raise ConfigError("n_s must be positive")
-    prior = (beta / (ns + beta)).view(-1, 1)
-    means = prior * mu0 + (1 - prior) * queries
-    covs = prior.view(-1, 1, 1) * sigma0
-    return means, covs
+    means, classes, weights, spread = ladc_calibration_terms(
+        queries, stats.means, stats.counts, head_mask, m, alpha, beta, weighting, n_s
+    )
+    return means, _add_dispersion(_mix_covariances(weights, classes, stats.covariances), spread, dispersion)
 
 
 def ladc_calibrate(
@@ -436,8 +466,7 @@ def ladc_calibrate(
     Returns:
         ``(means [M, D], covs [M, D, D])``.
     """
-    x = _as_rows(features, stats)
-    return _ladc_posterior(x, stats, head_mask, m, alpha, beta, weighting, n_s, dispersion)
+    return _ladc_posterior(features, stats, head_mask, m, alpha, beta, weighting, n_s, dispersion)
 
 
 def ladc_average(
@@ -499,6 +528,26 @@ def class_sampling_probabilities(class_counts: Sequence[int] | torch.Tensor, tau
 # DC (few-shot distribution calibration), as a baseline in LADC's ablation
 
 
+def dc_calibration_terms(
+    features: torch.Tensor, means: torch.Tensor, base_mask: torch.Tensor, k: int = 2
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DC's calibrated Gaussians (Eq. 5-6, :func:`dc_calibrate`) in factored form:
+    ``(means' [M, D], classes [M, k'], weights [M, k'])`` with
+    ``Sigma' = sum_j weights[:, j] Sigma_{classes[:, j]}`` (``1/k`` on each support class), to which
+    the caller adds ``alpha K``. ``means [C, D]`` are the class means. Feed the result to
+    :func:`~longtail.features.gaussian.sample_factored_gaussians`.
+    """
+    x = _as_rows(features, means)
+    base = torch.as_tensor(base_mask, dtype=torch.bool, device=means.device).flatten()
+    if base.shape[0] != means.shape[0] or not bool(base.any()):
+        raise DataError(f"base_mask must be a [{means.shape[0]}] bool mask selecting at least one class")
+    idx, valid, _ = _support(x, means, base, k)
+    w = valid.to(x.dtype)
+    kk = w.sum(1, keepdim=True)
+    cal_means = ((w.unsqueeze(-1) * means[idx]).sum(1) + x) / (kk + 1)
+    return cal_means, idx, w / kk
+
+
 def dc_calibrate(
     features: torch.Tensor,
     stats: ClassStatistics,
@@ -523,13 +572,5 @@ def dc_calibrate(
         ``(means [M, D], covs [M, D, D])``.
     """
     _check_option("dispersion", dispersion, _DISPERSIONS)
-    x = _as_rows(features, stats)
-    base = torch.as_tensor(base_mask, dtype=torch.bool, device=stats.device).flatten()
-    if base.shape[0] != stats.num_classes or not bool(base.any()):
-        raise DataError(f"base_mask must be a [{stats.num_classes}] bool mask selecting at least one class")
-    idx, valid, _ = _support(x, stats.means, base, k)
-    w = valid.to(x.dtype)
-    kk = w.sum(1, keepdim=True)
-    means = ((w.unsqueeze(-1) * stats.means[idx]).sum(1) + x) / (kk + 1)
-    covs = _mix_covariances(w / kk, idx, stats.covariances)
-    return means, _add_dispersion(covs, alpha, dispersion)
+    means, classes, weights = dc_calibration_terms(features, stats.means, base_mask, k)
+    return means, _add_dispersion(_mix_covariances(weights, classes, stats.covariances), alpha, dispersion)

@@ -250,6 +250,10 @@ class FactoredStatistics:
             factors.append(rows * scale)
         return cls(means, counts, factors)
 
+    def variances(self) -> torch.Tensor:
+        """The ``[C, D]`` diagonals of the covariances, ``sum_r F_k[r]^2``, without forming them."""
+        return torch.stack([(f * f).sum(0) for f in self.factors])
+
     def covariances(self) -> torch.Tensor:
         """The dense ``[C, D, D]`` covariances ``F_k^T F_k`` (checks and small problems)."""
         return torch.stack([f.T @ f for f in self.factors])

@@ -7,13 +7,17 @@ Stage 1 (representation enhancement, RE) is an ordinary ``supervised`` stage: Re
 2. **Head / tail** (``head_fraction``, 0.6): the head classes are the smallest set of largest classes
    holding at least 60% of the training images (:func:`~longtail.features.calibration.head_tail_split`);
    the rest are tail classes.
-3. **Statistics** μ_i, Σ_i (Eq. 2-3, unbiased) of the head classes only
-   (:class:`~longtail.features.statistics.ClassStatistics`): no rule reads a tail class's
-   covariance, and ``[C, D, D]`` for all classes does not fit for iNaturalist.
+3. **Statistics** of the head classes only (no rule reads a tail class's covariance), computed
+   once per stage: μ_i and an exact square-root factor F_i of Σ_i (Eq. 2-3, unbiased;
+   F_iᵀF_i = Σ_i: the centred features when n_i ≤ D, their QR factor otherwise —
+   :class:`~longtail.features.statistics.FactoredStatistics`). No ``D x D`` matrix is formed
+   (``[C, D, D]`` for iNaturalist would be 137 GB); the dense reference :meth:`LADCSampler.calibrate`
+   builds the head covariances on demand.
 4. **Calibration** (``calibration``), one Gaussian per tail *instance* x̂ (n_s = 1):
    S = the ``m`` nearest head means (Eq. 4-5), weights w_i (Eq. 6, see ``weighting``),
    μ0 = Σ w_i μ_i, Σ0 = Σ w_i² Σ_i + αI (Eq. 7), posterior μ' = β/(1+β)·μ0 + 1/(1+β)·x̂,
-   Σ' = β/(1+β)·Σ0 (Eq. 11-12) — :func:`~longtail.features.calibration.ladc_calibrate`.
+   Σ' = β/(1+β)·Σ0 (Eq. 11-12) — :func:`~longtail.features.calibration.ladc_calibrate`, in factored
+   form :func:`~longtail.features.calibration.ladc_calibration_terms`.
    Variants (Table 8): ``"average"`` (LADC_Average: x̂ = the tail class mean, one Gaussian per tail
    class, :func:`~longtail.features.calibration.ladc_average`), ``"dc"`` (few-shot DC, Yang et al.
    2021, head classes as the base classes, :func:`~longtail.features.calibration.dc_calibrate`, with
@@ -28,7 +32,8 @@ Stage 1 (representation enhancement, RE) is an ordinary ``supervised`` stage: Re
    instances uniformly and draws a feature from that instance's calibrated Gaussian ("we re-sample
    head classes from the original distributions; while for the tail classes, we draw samples from
    the calibrated distributions"). The whole epoch is generated eagerly in ``start_epoch`` on the
-   device; the training steps then read fixed-shape batches from it (CUDA-graph safe).
+   device; the training steps then read fixed-shape batches from it (CUDA-graph safe). The draws
+   are exact (see ``sampler``).
 6. **Classifier**: the stage's ``head`` (default ``lws_plus``: z_c = f_c·Φ_c(x) + g_c on the frozen
    stage-1 linear classifier, Eq. 14; ``lws`` for LADC+LWS, ``linear`` for LADC+cRT, Table 9) is
    trained with the stage's loss (CE) for 30 epochs, lr ×0.1 at 10 and 20 (the recipes).
@@ -77,18 +82,20 @@ Options (``stages[i].options``; the default first):
   the generated features back with the inverse power, so that the classifier keeps seeing features
   on the encoder's scale; needs non-negative (post-ReLU) features.
 * ``samples_per_epoch``: default N (one epoch = as many features as the real training split).
-* ``sampler``: ``factored`` (default) | ``cholesky``. Both draw from exactly the same Gaussians.
-  ``cholesky`` calibrates the epoch's distinct tail instances with the calibration functions and
-  draws with :func:`~longtail.features.gaussian.sample_gaussians` (one Cholesky factor per
-  instance: D³/3 flops each — fine for D = 64, seconds per epoch for D = 384, too slow beyond).
-  ``factored`` uses that every calibrated covariance is a weighted sum of head-class covariances
-  plus a dispersion term, Σ' = Σ_j s_j² Σ_{S_j} + a·I (or a·11ᵀ): a draw is
-  μ' + Σ_j s_j e_j + √a·ε with e_j ~ N(0, Σ_{S_j}) (drawn with ``sample_gaussians`` from the
-  head classes only, so only H Cholesky factors per epoch) and ε ~ N(0, I) — the same
-  distribution, since independent Gaussians add their covariances. The tests check that its
-  means and covariances equal the calibration functions' outputs. (The head-class covariances
-  of classes with fewer images than dimensions are singular; ``sample_gaussians`` adds its
-  relative jitter, 1e-5 × the mean variance, to those.)
+* ``sampler``: ``factored`` (default) | ``cholesky``. ``factored`` uses that every calibrated
+  covariance is a non-negative combination of head-class covariances plus the dispersion term,
+  Σ' = Σ_j a_j Σ_{S_j} + d·K with a_j = p·w_j², d = p·α, p = β/(n_s+β) for LADC (a_j = 1/m,
+  d = α for DC) and K = I or 11ᵀ (``dispersion: all``). A draw is
+  μ' + Σ_j √a_j F_{S_j}ᵀ ε_j + √d·ε with independent standard normals ε_j ~ N(0, I_{r_j}) and
+  ε ~ N(0, I) (K = I) or one scalar ε ~ N(0, 1) times the all-ones vector (K = 11ᵀ, rank 1):
+  exactly N(μ', Σ'), since independent Gaussians add their covariances, with no Cholesky
+  factorisation and no jitter, also for the singular Σ_i of head classes with fewer images than
+  dimensions (:func:`~longtail.features.gaussian.sample_factored_gaussians`; the factors come from
+  stage setup, never per draw). ``cholesky`` is the dense reference: it calibrates the epoch's
+  distinct tail rows with the calibration functions and draws with
+  :func:`~longtail.features.gaussian.sample_gaussians` (one Cholesky factor per row, D³/3 flops
+  each, and that function's relative jitter where Σ' is singular — possible only with α = 0 or
+  ``dispersion: all``).
 * ``chunk_rows``: 1024 — rows calibrated at once by the ``cholesky`` sampler (bounds the
   ``rows × D × D`` memory).
 
@@ -105,6 +112,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -114,16 +122,15 @@ from ..engine.stages import STAGE_KINDS, RunContext, StageKind, build_stage_loss
 from ..engine.trainer import StagePlan
 from ..errors import ConfigError
 from ..features.calibration import (
-    _TINY,
-    _normalise,
-    _support,
     class_sampling_probabilities,
     dc_calibrate,
+    dc_calibration_terms,
     head_tail_split,
     ladc_calibrate,
+    ladc_calibration_terms,
 )
-from ..features.gaussian import sample_gaussians
-from ..features.statistics import ClassStatistics, tukey_transform
+from ..features.gaussian import sample_factored_gaussians, sample_gaussians
+from ..features.statistics import ClassStatistics, FactoredStatistics, tukey_transform
 from ..registry import closest
 
 __all__ = ["LADCOptions", "FactoredGaussians", "LADCSampler", "CalibratedFeatureSource", "LADCStage"]
@@ -191,78 +198,22 @@ class LADCOptions:
 
 @dataclass
 class FactoredGaussians:
-    """Gaussians ``N(means[r], Σ_j scales[r, j]² Σ_{support[r, j]} + dispersion[r]·K)``, with ``K`` = I
-    (``mode="identity"``) or the all-ones matrix (``mode="all"``) and ``Σ_c`` the class covariances."""
+    """Gaussians ``N(means[r], Σ_j weights[r, j]·Σ_{classes[r, j]} + dispersion[r]·K)``, with ``K`` = I
+    (``mode="identity"``) or the all-ones matrix (``mode="all"``) and ``Σ_c`` the head-class
+    covariances (the arguments of :func:`~longtail.features.gaussian.sample_factored_gaussians`)."""
 
     means: torch.Tensor  # [R, D]
-    support: torch.Tensor  # [R, k] class ids
-    scales: torch.Tensor  # [R, k] (0 on unused slots)
+    classes: torch.Tensor  # [R, k] head-class ids (local, 0..H-1)
+    weights: torch.Tensor  # [R, k] variance weights (0 on unused slots)
     dispersion: torch.Tensor  # [R] variance of the added isotropic / all-ones term
     mode: str
-
-    def covariances(self, class_covariances: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The full ``[R, D, D]`` covariances (tests, small problems)."""
-        rows = torch.arange(self.means.shape[0], device=self.means.device) if rows is None else rows
-        support, scales = self.support[rows], self.scales[rows]
-        D = self.means.shape[1]
-        out = torch.zeros(rows.shape[0], D, D, dtype=self.means.dtype, device=self.means.device)
-        for j in range(support.shape[1]):
-            out.add_((scales[:, j] ** 2).view(-1, 1, 1) * class_covariances[support[:, j]])
-        extra = torch.eye(D, dtype=out.dtype, device=out.device) if self.mode == "identity" else torch.ones(D, D, dtype=out.dtype, device=out.device)
-        return out + self.dispersion[rows].view(-1, 1, 1) * extra
-
-    def sample(self, rows: torch.Tensor, class_covariances: torch.Tensor) -> torch.Tensor:
-        """One draw from Gaussian ``rows[s]`` for every ``s`` -> ``[S, D]`` (module docstring)."""
-        S, D = rows.shape[0], self.means.shape[1]
-        support, scales = self.support[rows], self.scales[rows]
-        k = support.shape[1]
-        flat = support.reshape(-1)
-        C = class_covariances.shape[0]
-        counts = torch.bincount(flat, minlength=C)
-        zeros = torch.zeros(C, D, dtype=class_covariances.dtype, device=class_covariances.device)
-        noise, _ = sample_gaussians(zeros, class_covariances, counts)  # grouped by class, in class order
-        order = torch.argsort(flat, stable=True)
-        draws = torch.empty_like(noise)
-        draws[order] = noise
-        z = self.means[rows] + (scales.unsqueeze(-1) * draws.view(S, k, D)).sum(1)
-        spread = self.dispersion[rows].clamp(min=0).sqrt().unsqueeze(1)
-        if self.mode == "identity":
-            return z + spread * torch.randn(S, D, dtype=z.dtype, device=z.device)
-        return z + spread * torch.randn(S, 1, dtype=z.dtype, device=z.device)
-
-
-def _ladc_factored(
-    queries: torch.Tensor, stats: ClassStatistics, head: torch.Tensor, m: int, alpha: float, beta: float,
-    weighting: str, n_s: float, dispersion: str,
-) -> FactoredGaussians:
-    """Eq. 4-12 in factored form; the same support and weights as ``ladc_calibrate`` (its helpers)."""
-    idx, valid, sqdist = _support(queries, stats.means, head, m)
-    n = stats.counts.to(stats.device)[idx].to(queries.dtype)
-    raw = n * sqdist if weighting == "printed" else n / sqdist.clamp(min=_TINY)
-    w = _normalise(raw, valid)
-    mu0 = (w.unsqueeze(-1) * stats.means[idx]).sum(1)
-    prior = beta / (n_s + beta)
-    means = prior * mu0 + (1 - prior) * queries
-    support = torch.where(valid, idx, idx[:, :1])
-    dispersion_var = torch.full((queries.shape[0],), prior * alpha, dtype=queries.dtype, device=queries.device)
-    return FactoredGaussians(means, support, math.sqrt(prior) * w, dispersion_var, dispersion)
-
-
-def _dc_factored(queries: torch.Tensor, stats: ClassStatistics, base: torch.Tensor, k: int, alpha: float, dispersion: str) -> FactoredGaussians:
-    """DC's Eq. 6 in factored form (same support as ``dc_calibrate``)."""
-    idx, valid, _ = _support(queries, stats.means, base, k)
-    w = valid.to(queries.dtype)
-    kk = w.sum(1, keepdim=True)
-    means = ((w.unsqueeze(-1) * stats.means[idx]).sum(1) + queries) / (kk + 1)
-    support = torch.where(valid, idx, idx[:, :1])
-    dispersion_var = torch.full((queries.shape[0],), float(alpha), dtype=queries.dtype, device=queries.device)
-    return FactoredGaussians(means, support, (w / kk).sqrt(), dispersion_var, dispersion)
 
 
 class LADCSampler:
     """Everything stage 2 draws from: the real features, the head/tail split, the class
-    probabilities of Eq. 13 and the calibrated Gaussians of the tail rows. ``stats`` holds the head
-    classes only (row h = class ``head_classes[h]``); the Gaussians' support ids index it.
+    probabilities of Eq. 13 and the calibrated Gaussians of the tail rows. ``stats``
+    (:class:`~longtail.features.statistics.FactoredStatistics`) holds the head classes only (row h =
+    class ``head_classes[h]``); the Gaussians' class ids index it.
 
     Rows: ``calibration="instance"`` and ``"dc"``: one per tail training instance (in training-split
     order); ``"average"``: one per tail class (increasing class index); ``"none"``: no rows.
@@ -286,17 +237,15 @@ class LADCSampler:
         self.starts = torch.cumsum(self.class_counts, 0) - self.class_counts
         lam = opts.tukey_lambda
         space = self.features if lam == 1 else tukey_transform(self.features, lam)
-        # Statistics (Eq. 2-3) of the head classes only, indexed 0..H-1 in class order: no rule
-        # reads a tail class's covariance, and [C, D, D] for every class would not fit for the
-        # paper's larger datasets (iNaturalist: 8142 x 2048 x 2048 floats, 137 GB).
+        # Statistics (Eq. 2-3) of the head classes only, indexed 0..H-1 in class order, as exact
+        # square-root factors (at most N x D floats; no [H, D, D] covariance is formed).
         self.head_classes = torch.nonzero(self.head_mask).flatten()
         local = torch.full((num_classes,), -1, dtype=torch.long, device=device)
         local[self.head_classes] = torch.arange(self.head_classes.shape[0], device=device)
         in_head = self.head_mask[self.labels]
-        self.stats = ClassStatistics.from_features(space[in_head], local[self.labels[in_head]], self.head_classes.shape[0])
+        self.stats = FactoredStatistics.from_features(space[in_head], local[self.labels[in_head]], self.head_classes.shape[0])
         self.support_mask = torch.ones(self.head_classes.shape[0], dtype=torch.bool, device=device)
-        head_var = torch.diagonal(self.stats.covariances, dim1=-2, dim2=-1).mean()
-        self.variance_unit = float(head_var) if opts.alpha_scale == "relative" else 1.0
+        self.variance_unit = float(self.stats.variances().mean()) if opts.alpha_scale == "relative" else 1.0
         self.alpha = opts.alpha * self.variance_unit
         self.dc_alpha = opts.dc_alpha * self.variance_unit
 
@@ -318,20 +267,29 @@ class LADCSampler:
 
     # ------------------------------------------------------------------ calibration
     def _factored(self) -> FactoredGaussians:
-        o, x = self.opts, self.row_inputs
+        o, x, s = self.opts, self.row_inputs, self.stats
         if o.calibration == "dc":
-            return _dc_factored(x, self.stats, self.support_mask, o.m, self.dc_alpha, o.dc_dispersion)
-        return _ladc_factored(x, self.stats, self.support_mask, o.m, self.alpha, o.beta, o.weighting, o.n_s, o.dispersion)
+            means, classes, weights = dc_calibration_terms(x, s.means, self.support_mask, o.m)
+            return FactoredGaussians(means, classes, weights, torch.full_like(means[:, 0], self.dc_alpha), o.dc_dispersion)
+        means, classes, weights, spread = ladc_calibration_terms(
+            x, s.means, s.counts, self.support_mask, o.m, self.alpha, o.beta, o.weighting, o.n_s
+        )
+        return FactoredGaussians(means, classes, weights, spread, o.dispersion)
+
+    @cached_property
+    def dense_stats(self) -> ClassStatistics:
+        """The head-class statistics with dense ``[H, D, D]`` covariances (reference sampler, tests)."""
+        return self.stats.dense()
 
     def calibrate(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(means, covs)`` of ``rows`` from the shared calibration functions (the reference);
         ``"average"`` is ``ladc_calibrate`` of the tail class means, i.e. ``ladc_average``."""
-        o = self.opts
+        o, stats = self.opts, self.dense_stats
         if o.calibration in ("instance", "average"):
-            return ladc_calibrate(self.row_inputs[rows], self.stats, self.support_mask, o.m, self.alpha, o.beta,
+            return ladc_calibrate(self.row_inputs[rows], stats, self.support_mask, o.m, self.alpha, o.beta,
                                   o.weighting, o.n_s, o.dispersion)
         if o.calibration == "dc":
-            return dc_calibrate(self.row_inputs[rows], self.stats, self.support_mask, o.m, self.dc_alpha, o.dc_dispersion)
+            return dc_calibrate(self.row_inputs[rows], stats, self.support_mask, o.m, self.dc_alpha, o.dc_dispersion)
         raise ConfigError("calibration 'none' has no Gaussians")
 
     # ------------------------------------------------------------------ drawing
@@ -339,18 +297,20 @@ class LADCSampler:
         """One generated feature per entry of ``rows`` (Gaussian row ids), on the encoder's scale."""
         if rows.numel() == 0:
             return self.features.new_zeros(0, self.features.shape[1])
+        unique, inverse = torch.unique(rows, return_inverse=True)
+        counts = torch.bincount(inverse, minlength=unique.shape[0])
         if self.opts.sampler == "factored":
-            z = self.gaussians.sample(rows, self.stats.covariances)
+            g = self.gaussians
+            drawn, _ = sample_factored_gaussians(g.means[unique], g.classes[unique], g.weights[unique], self.stats.factors,
+                                                 counts, g.dispersion[unique], g.mode)
         else:
-            unique, inverse = torch.unique(rows, return_inverse=True)
-            counts = torch.bincount(inverse, minlength=unique.shape[0])
             parts = []
             for start in range(0, unique.shape[0], self.opts.chunk_rows):
-                chunk = unique[start : start + self.opts.chunk_rows]
-                means, covs = self.calibrate(chunk)
+                means, covs = self.calibrate(unique[start : start + self.opts.chunk_rows])
                 parts.append(sample_gaussians(means, covs, counts[start : start + self.opts.chunk_rows])[0])
-            z = torch.empty(rows.shape[0], self.features.shape[1], dtype=self.features.dtype, device=rows.device)
-            z[torch.argsort(inverse, stable=True)] = torch.cat(parts).to(z.dtype)
+            drawn = torch.cat(parts)
+        z = torch.empty_like(drawn)  # drawn is grouped by row, in row order
+        z[torch.argsort(inverse, stable=True)] = drawn
         return self._inverse_tukey(z).to(self.features.dtype)
 
     def _inverse_tukey(self, z: torch.Tensor) -> torch.Tensor:
