@@ -201,3 +201,13 @@ def test_shift_bn_needs_online_features(tmp_path):
 
     with pytest.raises(ConfigError, match="shift_bn"):
         runner.run_config(config(tmp_path, "mislas", "stages.1.features=cached"))
+
+
+def test_a_failing_torch_compile_stops_with_the_fix(tmp_path, monkeypatch):
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("backend exploded\nlong compiler trace")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **options: Broken())
+    with pytest.raises(TrainingError, match=r"torch.compile failed \(RuntimeError: backend exploded\); run with engine.compile=off"):
+        runner.run_config(config(tmp_path, "ce", "engine.compile=on"))

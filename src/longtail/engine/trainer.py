@@ -117,7 +117,6 @@ class StageTrainer:
         """Run ``warmup`` real steps on a side stream, then capture one step in a CUDA graph."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        start = time.perf_counter()
         with torch.cuda.stream(stream):
             for _ in range(warmup):
                 self._eager_step()
@@ -129,33 +128,40 @@ class StageTrainer:
         with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
             self._step()
         torch.cuda.current_stream().synchronize()
-        self.compile_seconds = time.perf_counter() - start
         self.graph = graph
 
     def _first_steps(self, last: int) -> int:
-        """The stage's first steps, which pay the one-off costs (CUDA-graph capture, torch.compile);
-        their time is ``compile_seconds``. Returns how many training steps they took."""
-        if self._use_graph():
-            warmup = min(3, last)
+        """The stage's first steps, which pay the one-off costs (torch.compile, then CUDA-graph
+        capture after a few warm-up steps); their time is ``compile_seconds``. Returns how many
+        training steps they took."""
+        start = time.perf_counter()
+        done = 0
+        if self.runtime.compile and last > 0:
+            try:
+                with DEVICE_RNG_LOCK:
+                    self._eager_step()  # compiles
+            except Exception as exc:  # noqa: BLE001 - any compiler failure gets the same fix
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise TrainingError(
+                    f"stage {self.plan.name!r}: torch.compile failed ({type(exc).__name__}: {reason}); "
+                    "run with engine.compile=off. The last checkpoint in the run folder is intact."
+                ) from exc
+            done = 1
+        if done < last and self._use_graph():
+            warmup = min(3, last - done)
             try:
                 with DEVICE_RNG_LOCK:
                     self._capture(warmup)
-                return warmup
             except RuntimeError as exc:  # capture failed: the warm-up steps stand, go on eagerly
                 self.graph = None
                 self.fallback_reason = f"CUDA graph capture failed: {exc}"
                 warnings.warn(f"stage {self.plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=2)
                 self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
-                return warmup
-        if not self.runtime.compile or last == 0:
-            return 0
-        start = time.perf_counter()
-        with DEVICE_RNG_LOCK:
-            self._eager_step()  # compiles
+            done += warmup
         if self.runtime.device.type == "cuda":
             torch.cuda.synchronize(self.runtime.device)
-        self.compile_seconds = time.perf_counter() - start
-        return 1
+        self.compile_seconds = time.perf_counter() - start if done else 0.0
+        return done
 
     def _use_graph(self) -> bool:
         if not self.runtime.cuda_graph:
