@@ -1,5 +1,5 @@
 """The 20 Newsgroups-LT text benchmark: reading, cleaning, class order, long-tailed selection,
-embedding cache, the five text configs end to end and the table — on a fake corpus and a fake
+embedding cache, every text config end to end and the table — on a fake corpus and a fake
 embedder (the real-model test is marked slow and skipped without the package)."""
 import hashlib
 import importlib.util
@@ -150,22 +150,46 @@ def fake_newsgroups(tmp_path):
         folder = tmp_path / "20news-bydate" / "20news-bydate-train" / group
         for i in range(12, n):
             (folder / f"{2000 + i}").write_bytes(POST.format(group=group, i=i, words=group[2:]).encode())
-    return lambda _config=None: build_newsgroups_lt(tmp_path, imbalance_factor=10, cache_dir=tmp_path / "cache",
-                                                    embedder=FakeEmbedder())
+    return lambda config=None: build_newsgroups_lt(tmp_path, imbalance_factor=10, cache_dir=tmp_path / "cache",
+                                                   val_per_class=config.val_per_class if config else 0,
+                                                   embedder=FakeEmbedder())
 
 
 SHORT = ["engine.progress=false", "stages.0.epochs=4", "stages.0.schedule.milestones=[2]"]
+TEXT_CONFIGS = REPO / "configs" / "newsgroups_lt"
 
 
-@pytest.mark.parametrize("method", ["ce", "cb", "lws", "balanced_softmax", "ladc"])
+def test_text_configs_and_table_methods_match():
+    """Every config is a row of the table and every row has a config; all share the data block
+    (glag alone adds a validation split) and the stage-1 settings, so that the rows compare."""
+    stems = sorted(p.stem for p in TEXT_CONFIGS.glob("*.yaml"))
+    assert stems == sorted(text_table.METHODS)
+    assert list(text_table.METHODS)[:5] == ["ce", "cb", "lws", "balanced_softmax", "ladc"]
+    ce = load_config(TEXT_CONFIGS / "ce.yaml")
+    for method, description in text_table.METHODS.items():
+        config = load_config(TEXT_CONFIGS / f"{method}.yaml")
+        assert config.name == f"newsgroups_lt_{method}" and config.method in (None, method) and description
+        assert config.model.encoder == "identity" and config.model.head == "linear"
+        assert config.data.val_per_class == (20 if method == "glag" else 0)
+        config.data.val_per_class = 0
+        assert config.data == ce.data
+        first, shared = config.stages[0], ce.stages[0]
+        assert (first.epochs, first.batch_size, first.sampler, first.augment, first.schedule) == (
+            shared.epochs, shared.batch_size, shared.sampler, shared.augment, shared.schedule)
+        assert (first.optimizer.lr, first.optimizer.momentum) == (shared.optimizer.lr, shared.optimizer.momentum)
+
+
+@pytest.mark.parametrize("method", list(text_table.METHODS))
 def test_text_configs_run_end_to_end(tmp_path, monkeypatch, method):
     monkeypatch.setattr(runner, "load_dataset", fake_newsgroups(tmp_path / "data"))
-    config = load_config(REPO / "configs" / "newsgroups_lt" / f"{method}.yaml", [f"output_dir={tmp_path}", *SHORT])
+    config = load_config(TEXT_CONFIGS / f"{method}.yaml", [f"output_dir={tmp_path}", *SHORT])
     assert config.data.dataset == "newsgroups" and config.model.encoder == "identity"
-    if len(config.stages) > 1:
+    if len(config.stages) > 1 and config.stages[1].epochs:
         config.stages[1].epochs, config.stages[1].schedule.milestones = 3, [1, 2]
     results = runner.run_config(config)
-    assert results["class_counts"] == [60, 18, 6]  # int(60 · 0.1^(c/2))
+    # int(60 · 0.1^(c/2)); glag's validation split (20 a class) borrows 20 of class 0's 60 posts (all
+    # selected) and 2 of class 1's 18 (b.small: 36 posts, 18 left over)
+    assert results["class_counts"] == ([40, 16, 6] if method == "glag" else [60, 18, 6])
     assert 0 <= results["test"]["top1"] <= 100
     if method == "ladc":
         record = results["stage_options"][1]["record"]
@@ -190,6 +214,20 @@ def test_text_table_writes_json_and_markdown(tmp_path, monkeypatch):
     assert {"command", "commit", "device", "wall_seconds"} <= set(record)
     md = (out / "newsgroups_lt.md").read_text()
     assert "| ladc |" in md and "THUCNews" in md and "not comparable" in md
+
+
+def test_text_table_marks_the_row_with_a_validation_split(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", fake_newsgroups(tmp_path / "data"))
+    out = tmp_path / "results"
+    argv = ["--seeds", "0", "--methods", "glag", "ce", "--runs", str(tmp_path / "runs"), "--results", str(out),
+            "--configs", str(TEXT_CONFIGS), "--set", "stages.0.epochs=2", "--set", "stages.0.schedule.milestones=[1]"]
+    assert text_table.main(argv) == 0
+    record = json.loads((out / "newsgroups_lt.json").read_text())
+    assert record["dataset"]["class_counts"] == [60, 18, 6]  # the shared data block, though glag ran first
+    glag, ce = record["rows"]
+    assert (glag["val_per_class"], glag["class_counts"], ce["val_per_class"]) == (20, [40, 16, 6], 0)
+    md = (out / "newsgroups_lt.md").read_text()
+    assert "| glag * |" in md and "| ce |" in md and "\\* glag: other training posts, 62 in all" in md
 
 
 # ------------------------------------------------------------------ real data / real model

@@ -1,14 +1,18 @@
 """``python -m longtail.bench.text_table``: the 20 Newsgroups-LT table on the CPU.
 
-Runs the five text configs (``configs/newsgroups_lt/{ce,cb,lws,balanced_softmax,ladc}.yaml``) for
-each seed (default 0, 1, 2; the long-tailed subset itself is fixed by ``data.selection_seed: 0``,
-the seed changes initialisation and sampling), and writes ``benchmarks/results/newsgroups_lt.json``
-and ``.md``: top-1 mean ± sample std over the seeds, many / medium / few (train count > 100 /
-20–100 / < 20), the command, commit, device and seconds.
+Runs the text configs ``configs/newsgroups_lt/<method>.yaml`` of :data:`METHODS` (the five
+stage-2 baselines CE, CB, LWS, Balanced Softmax, LADC; the seed methods IWB, GLAG, GHM-CWAP, BWLM
+and their closest baselines; logit adjustment and tau-norm) for each seed (default 0, 1, 2; the
+long-tailed subset itself is fixed by ``data.selection_seed: 0``, the seed changes initialisation
+and sampling), and writes ``benchmarks/results/newsgroups_lt.json`` and ``.md``: top-1 mean ±
+sample std over the seeds, many / medium / few (train count > 100 / 20–100 / < 20), the command,
+commit, device and seconds. ``--methods ce glag`` runs a subset (in the order given), ``--results``
+writes elsewhere. Every config shares the data block and the stage-1 settings; only ``glag`` adds
+a validation split (``data.val_per_class``), so it trains on 20 fewer posts: the table says so.
 
 The LADC paper's text experiment (its Table 5) is on THUCNews-LT — Chinese news, 10 classes,
 backbones trained on the text — a different dataset and setting: its numbers are not comparable
-with this table and are not put beside it.
+with this table and are not put beside it. The other seed papers have no text experiment.
 
 The embeddings are computed once (minutes on a CPU) and cached in ``.data/embeddings``; every run
 after that takes seconds.
@@ -39,12 +43,22 @@ METHODS = {
     "lws": "CE classifier + LWS (per-class scale, class-balanced sampling)",
     "balanced_softmax": "Balanced Softmax (CE on z + log n)",
     "ladc": "CE classifier + LADC stage 2 (calibrated tail features, LWS-Plus)",
+    "iwb": "IWB+CB: wd 1.5e-3 CE classifier + CB loss and KL on the weight norms (lambda 0.15)",
+    "wd_maxnorm_cb": "WD+MaxNorm+CB: wd 1.5e-3 CE classifier + CB loss, weight decay, per-class norm cap",
+    "glag": "GLAG: GraLoss classifier + AFG stage 2 (generated tail features, LWS, KD, beta on val)",
+    "ghm_cwap": "GHM-CWAP loss (category-wise gradient harmonising, margins, AURA)",
+    "seesaw": "Seesaw loss (p 0.8, q 2)",
+    "bwlm": "BWLM: head-half stage 1 + new layer on the balanced review set (BFS loss, weight decay)",
+    "bwlm_naive": "CE with wd 1.5e-3 (BWLM's 'naive'; the stage 1 of iwb and wd_maxnorm_cb)",
+    "logit_adjusted": "Logit-adjusted loss, tau 1 (equal to Balanced Softmax)",
+    "tau_norm": "CE classifier + tau-normalisation, tau = 1",
 }
 NAME = "newsgroups_lt"
 NOT_COMPARABLE = (
     "The LADC paper's text results (Table 5) are on THUCNews-LT (Chinese news, 10 classes, IF 100, "
     "TextCNN/TextRNN/Transformer trained on the text): a different dataset and setting, so its numbers "
-    "are not comparable with this table and are not listed here."
+    "are not comparable with this table and are not listed here. The other seed papers (IWB, GLAG, GHM-CWAP, "
+    "BWLM) have no text experiment."
 )
 
 
@@ -72,6 +86,8 @@ def aggregate(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             if key == "top1":
                 row["top1_per_seed"] = values
         row["group_sizes"] = runs[0]["test"]["group_sizes"]
+        row["class_counts"] = runs[0]["class_counts"]
+        row["val_per_class"] = ((runs[0].get("dataset_meta") or {}).get("val_policy") or {}).get("per_class", 0)
         row["seconds_per_seed"] = [r["seconds"] for r in runs]
         row["stage_options"] = runs[0].get("stage_options")
         rows.append(row)
@@ -92,15 +108,24 @@ def markdown(record: dict[str, Any]) -> str:
         "| method | what | top-1 | many | medium | few | s / run |",
         "|---|---|---|---|---|---|---|",
     ]
+    other_data = [r for r in record["rows"] if r["class_counts"] != data["class_counts"]]
     for r in record["rows"]:
+        mark = " *" if r in other_data else ""
         lines.append(
-            f"| {r['method']} | {r['description']} | {fmt(r['top1'], r['top1_std'])} | {fmt(r['many'], r['many_std'])} | "
+            f"| {r['method']}{mark} | {r['description']} | {fmt(r['top1'], r['top1_std'])} | {fmt(r['many'], r['many_std'])} | "
             f"{fmt(r['medium'], r['medium_std'])} | {fmt(r['few'], r['few_std'])} | "
             f"{statistics.mean(r['seconds_per_seed']):.1f} |"
         )
     lines += [
         "",
         f"Data: {data['description']}",
+        *(
+            f"\\* {r['method']}: other training posts, {sum(r['class_counts'])} in all ({r['class_counts']})"
+            + (f": data.val_per_class = {r['val_per_class']}, a balanced validation split of {r['val_per_class']} posts "
+               "per class from the training posts left out of the subset (a class without enough left over lends "
+               "its last selected posts); every other row trains on the shared posts above." if r["val_per_class"] else ".")
+            for r in other_data
+        ),
         f"Embedder: {data['embedder']}. Dataset preparation in this run: {record['dataset_seconds']:.1f} s "
         "(embeddings are cached in .data/embeddings; the first preparation embeds the texts, minutes on a CPU).",
         "",
@@ -113,9 +138,16 @@ def markdown(record: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m longtail.bench.text_table", description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser = argparse.ArgumentParser(
+        prog="python -m longtail.bench.text_table",
+        description=__doc__.split("\n")[0],
+        epilog="A subset, written elsewhere: python -m longtail.bench.text_table --methods ce iwb glag --seeds 0 "
+        "--runs /tmp/ng/runs --results /tmp/ng/results",
+    )
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="run seeds (default 0 1 2)")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
+                        help="run only these rows, in the order given (default: all, in table order): "
+                        + ", ".join(METHODS))
     parser.add_argument("--configs", default=str(CONFIG_DIR), help="folder of the newsgroups_lt configs")
     parser.add_argument("--runs", default="runs/newsgroups_lt", help="folder of the run folders")
     parser.add_argument("--results", default="benchmarks/results", help="folder of the results JSON/Markdown")
@@ -130,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     config_dir = Path(args.configs)
     common = ["engine.device=cpu", "engine.progress=false", f"output_dir={args.runs}", *args.overrides]
     results: dict[str, list[dict[str, Any]]] = {}
-    first = load_config(config_dir / f"{args.methods[0]}.yaml", common)
+    configs = {m: load_config(config_dir / f"{m}.yaml", common) for m in args.methods}
+    # the table's data block: the shared one (no validation split) when the subset has it
+    first = next((c for c in configs.values() if not c.data.val_per_class), configs[args.methods[0]])
     t0 = time.perf_counter()
     dataset = runner.load_dataset(first.data)  # embeds (or reads the cache) once, before timing runs
     dataset_seconds = time.perf_counter() - t0
