@@ -2,7 +2,7 @@
 # One GPU call's measurements. Everything is written under /tmp/session and packed into
 # $OUT/session.tar.gz (the device tool brings back at most 8 files), with the console in $OUT/log.txt.
 # Usage, from the repository root on the GPU machine (prepared data files carried in .prepared/):
-#   LONGTAIL_COMMIT=<sha> [SPEED=1] [EAGER_PARITY=1] [SMOKE=<recipes>] [CONCURRENT=3] [SET="k=v ..."] \
+#   LONGTAIL_COMMIT=<sha> [SPEED=1 [SPEED_ARGS="..."]] [EAGER_PARITY=1] [SMOKE=<recipes>] [CONCURRENT=3] [SET="k=v ..."] \
 #     bash benchmarks/gpu_session.sh [SPEC "<methods>" "<imbalance factors>"]
 # e.g. bash benchmarks/gpu_session.sh benchmarks/specs/cifar10_lt_iwb_bwlm.yaml "wd wd_maxnorm_cb iwb" "100"
 # Afterwards, here: tar -xzf <files_at>/session.tar.gz -C /tmp; longtail bench merge
@@ -24,7 +24,8 @@ if [ -n "${SMOKE:-}" ]; then
   python benchmarks/gpu_smoke.py "$W/smoke" "$SMOKE" 2>&1 | grep -v Warn | tee "$W/smoke.log" | cut -c1-300
 fi
 if [ -n "${SPEED:-}" ]; then
-  python -m longtail.cli bench speed --prepared .prepared/cifar10_lt_if100.ltd --output "$W/speed.json" 2>&1 \
+  # SPEED_ARGS: e.g. "--epochs 20 --variants fast fast_compiled fast_nchw fast_compiled_nchw" (a probe)
+  python -m longtail.cli bench speed --prepared .prepared/cifar10_lt_if100.ltd --output "$W/speed.json" ${SPEED_ARGS:-} 2>&1 \
     | grep -v Warn | tee "$W/speed.log"
 fi
 if [ -n "${EAGER_PARITY:-}" ]; then  # eager fp32 is launch-bound on the host: one process per seed

@@ -90,3 +90,43 @@ def test_set_overrides_every_run_but_a_methods_own_overrides_win(spec_file):
     # engine numerics are part of the stage-1 identity: lws (compile off) cannot reuse ce's compiled stage 1
     assert by[("crt", 0)].shared_stage1 is by[("ce", 0)]
     assert by[("lws", 0)].shared_stage1 is not by[("ce", 0)]
+
+
+def test_speed_bench_wiring_on_cpu(tmp_path, monkeypatch):
+    """`longtail bench speed` end to end with a stand-in for CUDA (the real comparison needs a GPU):
+    every pipeline runs, the record has each variant's timings and ratios, the table prints."""
+    import functools
+    import types
+
+    import torch
+
+    from longtail.bench import conventional, speed
+    from longtail.config import load_config as real_load_config
+
+    fake_cuda = types.SimpleNamespace(is_available=lambda: True, reset_peak_memory_stats=lambda: None,
+                                      max_memory_allocated=lambda: 0, get_device_name=lambda *a: "cpu stand-in")
+
+    class FakeTorch:
+        cuda = fake_cuda
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    cpu = ["engine.device=cpu", "model.encoder=resnet20", "stages.0.batch_size=16"]
+    monkeypatch.setattr(speed, "torch", FakeTorch())
+    monkeypatch.setattr(speed, "load_dataset", tiny_dataset)
+    monkeypatch.setattr(runner, "load_dataset", tiny_dataset)
+    monkeypatch.setattr(speed, "run_conventional", functools.partial(conventional.run_conventional, device="cpu", workers=0,
+                                                                     batch_size=16))
+    monkeypatch.setattr(speed, "load_config", lambda mapping=None, overrides=(): real_load_config(
+        mapping=mapping, overrides=[*overrides, *cpu]))
+    output = tmp_path / "speed.json"
+    assert speed.main(["--prepared", "unused.ltd", "--epochs", "2", "--conventional-epochs", "2", "--eager-epochs", "2",
+                       "--variants", "fast", "fast_nchw", "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    for variant in ("fast", "fast_nchw"):
+        fast = record[variant]
+        assert fast["stage1_seconds_excluding_capture"] > 0 and fast["speedup_vs_conventional"] > 0
+        assert fast["runtime"]["channels_last"] is False  # on the CPU the engine never uses channels_last
+    assert "fast_compiled" not in record and record["stage2_lws"]["epochs"] == 10
+    assert record["conventional"]["measured_epochs"] == 2 and len(record["eager_fp32"]["epoch_seconds"]) == 2

@@ -8,8 +8,9 @@ Measures, on the same data, model and recipe (CE, ResNet-32, bs 128, 200-epoch s
 2. our eager fp32 path (device-resident data, no CUDA graph, no bf16, no channels_last) for
    ``--eager-epochs`` epochs, extrapolated the same way;
 3. our fast path (CUDA graph, bf16, channels_last, fused SGD) for the full ``--epochs``,
-   measured whole, without and (unless ``--no-compile``) with ``engine.compile=on``; one-off
-   capture/compilation time reported separately;
+   measured whole, in each of ``--variants`` (:data:`FAST_VARIANTS`: plain, with
+   ``engine.compile=on``, and either without channels_last); one-off capture/compilation time
+   reported separately. A short ``--epochs 20`` call is a cheap probe of which variant is fastest;
 4. a classifier-only stage 2 (LWS, 10 epochs on cached features) on top of the fast stage 1.
 
 Writes a JSON record (device, commit, versions, command, every timing) and prints a table.
@@ -33,6 +34,15 @@ from ..eval.report import write_json
 from .conventional import run_conventional
 
 
+# fast-path variants: name -> (label, engine overrides)
+FAST_VARIANTS = {
+    "fast": ("longtail fast path", []),
+    "fast_compiled": ("longtail fast path + torch.compile", ["engine.compile=on"]),
+    "fast_nchw": ("longtail fast path, NCHW", ["engine.channels_last=off"]),
+    "fast_compiled_nchw": ("longtail fast path + compile, NCHW", ["engine.compile=on", "engine.channels_last=off"]),
+}
+
+
 def _ce_config(data_args: list[str], out: str, epochs: int, extra: list[str]):
     overrides = data_args + [f"output_dir={out}", "engine.checkpoint_every=0", "engine.progress=false"]
     if epochs != 200:
@@ -53,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conventional-epochs", type=int, default=4)
     parser.add_argument("--eager-epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the fast path + torch.compile variant")
+    parser.add_argument("--variants", nargs="+", default=["fast", "fast_compiled"], choices=list(FAST_VARIANTS),
+                        help="fast-path variants to time (the first also gives the LWS stage 2's stage 1)")
     parser.add_argument("--output", default=None, help="results JSON (default benchmarks/results/speed_<gpu>.json)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -83,11 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             "extrapolated_total_seconds": _extrapolate(eager_epochs, args.epochs),
         }
 
-        record["fast"] = _measure_fast(fast_cfg, args.epochs)
-        if args.compile:
-            compiled_cfg = _ce_config(data_args, tmp, args.epochs, ["engine.compile=on", "name=speed_ce_compiled"])
-            record["fast_compiled"] = _measure_fast(compiled_cfg, args.epochs)
-        stage1 = Path(tmp) / "speed_ce" / f"seed{args.seed}" / "stage0_stage1.pt"
+        for variant in args.variants:
+            variant_cfg = _ce_config(data_args, tmp, args.epochs, FAST_VARIANTS[variant][1] + [f"name=speed_{variant}"])
+            record[variant] = _measure_fast(variant_cfg, args.epochs)
+        stage1 = Path(tmp) / f"speed_{args.variants[0]}" / f"seed{args.seed}" / "stage0_stage1.pt"
         lws_cfg = load_config(
             mapping={"method": "ce", "name": "speed_lws"},
             overrides=data_args
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "test_top1": lws["test"]["top1"],
             "cuda_graph": lws["timings"][1]["cuda_graph"],
         }
-    for variant in ("fast", "fast_compiled"):
+    for variant in FAST_VARIANTS:
         if variant in record:
             seconds = record[variant]["stage1_seconds_excluding_capture"]
             record[variant]["speedup_vs_conventional"] = record["conventional"]["extrapolated_total_seconds"] / seconds
@@ -159,14 +169,14 @@ def _table(record: dict) -> str:
         ("conventional (DataLoader+PIL, fp32)", record["conventional"]["extrapolated_total_seconds"], f"extrapolated from {record['conventional']['measured_epochs']} epochs"),
         ("longtail eager fp32 (device data)", record["eager_fp32"]["extrapolated_total_seconds"], f"extrapolated from {record['eager_fp32']['measured_epochs']} epochs"),
     ]
-    for variant, name in (("fast", "longtail fast path"), ("fast_compiled", "longtail fast path + torch.compile")):
+    for variant, (name, _) in FAST_VARIANTS.items():
         if variant in record:
             fast = record[variant]
             rows.append((name, fast["stage1_seconds_excluding_capture"], f"measured, {e} epochs; capture/compile {fast['capture_seconds']:.1f} s"))
     lines = [f"{'pipeline':38s} {'s/epoch':>8s} {f'{e} ep (s)':>10s}  note"]
     for name, total, note in rows:
         lines.append(f"{name:38s} {total / e:8.3f} {total:10.1f}  {note}")
-    for variant in ("fast", "fast_compiled"):
+    for variant in FAST_VARIANTS:
         if variant in record:
             fast = record[variant]
             lines.append(
