@@ -211,3 +211,15 @@ def test_a_failing_torch_compile_stops_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda module, **options: Broken())
     with pytest.raises(TrainingError, match=r"torch.compile failed \(RuntimeError: backend exploded\); run with engine.compile=off"):
         runner.run_config(config(tmp_path, "ce", "engine.compile=on"))
+
+
+def test_compile_leaves_classifier_only_stages_alone(tmp_path, monkeypatch):
+    """engine.compile compiles the encoder of whole-network stages only: a stage on a frozen encoder
+    calls no compiled code and reports no compile time."""
+    compiled = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **options: compiled.append(module) or real_compile(
+        module, backend="aot_eager", **options))
+    results = runner.run_config(config(tmp_path, "crt", "engine.compile=on", "stages.1.epochs=2"))
+    assert len(compiled) == 1  # stage 1's encoder only
+    assert results["timings"][0]["compile_seconds"] > 0 and results["timings"][1]["compile_seconds"] == 0

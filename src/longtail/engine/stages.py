@@ -284,6 +284,7 @@ class SupervisedStage(StageKind):
         )
         if shift_bn:
             plan.train_modules.append(encoder)
+        plan.compiled = trained_encoder is not encoder
         return plan
 
 

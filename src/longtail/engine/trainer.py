@@ -48,6 +48,7 @@ class StagePlan:
     graph_safe: bool = True
     graph_unsafe_reason: str = ""
     max_steps: int = 0  # > 0: stop after this many steps (iteration-based stages); the last epoch is partial
+    compiled: bool = False  # the step calls torch.compile'd code (compiled in the stage's first step)
 
 
 def build_param_groups(named_params, config: OptimizerConfig) -> list[dict[str, Any]]:
@@ -136,7 +137,7 @@ class StageTrainer:
         training steps they took."""
         start = time.perf_counter()
         done = 0
-        if self.runtime.compile and last > 0:
+        if self.plan.compiled and last > 0:
             try:
                 with DEVICE_RNG_LOCK:
                     self._eager_step()  # compiles
