@@ -28,16 +28,9 @@ if [ -n "${SPEED:-}" ]; then
   python -m longtail.cli bench speed --prepared .prepared/cifar10_lt_if100.ltd --output "$W/speed.json" ${SPEED_ARGS:-} 2>&1 \
     | grep -v Warn | tee "$W/speed.log"
 fi
-if [ -n "${EAGER_PARITY:-}" ]; then  # eager fp32 is launch-bound on the host: one process per seed
-  for s in 0 1 2; do
-    python -m longtail.cli bench reproduce benchmarks/specs/cifar10_lt_fast_path_parity.yaml --methods ce_eager_fp32 \
-      --seeds $s --runs "$W/runs" --results "$W/eager_seed$s" > "$W/eager_seed$s.log" 2>&1 &
-  done
-  wait
-  tail -n 3 "$W"/eager_seed*.log
-  # the three finished runs are skipped now; this gathers them into one 3-seed cell in $W
+if [ -n "${EAGER_PARITY:-}" ]; then  # eager fp32 is bound by the host: one worker process per seed
   python -m longtail.cli bench reproduce benchmarks/specs/cifar10_lt_fast_path_parity.yaml --methods ce_eager_fp32 \
-    --runs "$W/runs" --results "$W" 2>&1 | grep -v Warn | tail -n 8
+    --processes 3 --runs "$W/runs" --results "$W" 2>&1 | grep -v Warn | tee "$W/eager_parity.log" | tail -n 12
 fi
 if [ -n "$SPEC" ]; then
   python -m longtail.cli bench reproduce "$SPEC" ${METHODS:+--methods $METHODS} ${FACTORS:+--imbalance-factors $FACTORS} \

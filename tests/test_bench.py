@@ -6,6 +6,7 @@ import yaml
 
 import longtail.engine.runner as runner
 from longtail.bench import reproduce
+from longtail.errors import ConfigError
 from tests.test_engine import tiny_dataset
 
 SMALL = ["stages.0.epochs=2", "stages.0.batch_size=16", "stages.0.schedule.milestones=[]", "model.encoder=resnet20",
@@ -130,3 +131,25 @@ def test_speed_bench_wiring_on_cpu(tmp_path, monkeypatch):
         assert fast["runtime"]["channels_last"] is False  # on the CPU the engine never uses channels_last
     assert "fast_compiled" not in record and record["stage2_lws"]["epochs"] == 10
     assert record["conventional"]["measured_epochs"] == 2 and len(record["eager_fp32"]["epoch_seconds"]) == 2
+
+
+def test_runs_in_worker_processes_share_stage1_and_gather_like_threads(tmp_path, monkeypatch):
+    """--processes: runs train in spawned worker processes (real built-in digits data, since a
+    worker does not see this test's monkeypatches); decoupled runs still reuse stage 1."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ce.yaml").write_text("method: ce\n")
+    (tmp_path / "crt.yaml").write_text("method: crt\n")
+    spec = {"name": "digits", "dataset": "digits-lt", "data": {10: {"dataset": "digits", "imbalance_factor": 10}},
+            "seeds": [0, 1], "methods": {"ce": "ce.yaml", "crt": {"config": "crt.yaml", "overrides": ["stages.1.epochs=1"]}},
+            "overrides": ["stages.0.epochs=1", "stages.0.schedule.milestones=[]", "stages.0.schedule.warmup_epochs=0",
+                          "model.encoder=resnet20", "engine.checkpoint_every=0", "engine.cpu_threads=1"]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert reproduce.main(["spec.yaml", "--processes", "2", "--runs", "runs", "--results", "out"]) == 0
+    record = json.loads((tmp_path / "out" / "digits.json").read_text())
+    cells = {c["method"]: c for c in record["cells"]}
+    assert cells["ce"]["seeds"] == [0, 1] and cells["crt"]["seeds"] == [0, 1]
+    assert record["parts"][0]["processes"] == 2
+    crt_run = json.loads((tmp_path / cells["crt"]["run_dirs"][1] / "results.json").read_text())
+    assert crt_run["timings"][0]["init_from"].endswith("ce/seed1/stage0_stage1.pt")
+    with pytest.raises(ConfigError, match="not both"):
+        reproduce.execute([], concurrent=2, command="", processes=2)

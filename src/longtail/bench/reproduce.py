@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import statistics
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,31 +110,41 @@ def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, 
     return extra + jobs
 
 
-def _run(job: Job, command: str) -> dict[str, Any]:
+def _attach_stage1(job: Job) -> RunConfig:
+    """``job.config``, pointed at the stage-1 weights of the run it shares them with."""
     if job.shared_stage1 is not None:
         stage1 = run_dir_of(job.shared_stage1.config) / f"stage0_{job.shared_stage1.config.stages[0].name}.pt"
         job.config.stages[0].options["init_from"] = str(stage1)
-    stream = torch.cuda.Stream() if torch.cuda.is_available() else None
-    if stream is None:
-        return run_config(job.config, command=command)
-    with torch.cuda.stream(stream):
-        return run_config(job.config, command=command)
+    return job.config
 
 
-def execute(jobs: list[Job], concurrent: int, command: str) -> None:
-    """Run providers first, then the rest; up to ``concurrent`` runs at once (one CUDA stream each)."""
+def _run(config: RunConfig, command: str) -> dict[str, Any]:
+    """Train one run, on a CUDA stream of its own when a GPU is present."""
+    if not torch.cuda.is_available():
+        return run_config(config, command=command)
+    with torch.cuda.stream(torch.cuda.Stream()):
+        return run_config(config, command=command)
+
+
+def execute(jobs: list[Job], concurrent: int, command: str, processes: int = 1) -> None:
+    """Run providers first, then the rest; up to ``concurrent`` runs at once in this process (one
+    CUDA stream each), or with ``processes`` > 1 up to that many at once in worker processes (each
+    its own CUDA context; eager runs, which are bound by the host, need this to overlap)."""
+    if processes > 1 and concurrent > 1:
+        raise ConfigError("use --concurrent (threads) or --processes, not both")
     first = [j for j in jobs if any(k.shared_stage1 is j for k in jobs)]
     rest = [j for j in jobs if j not in first]
-    lock = threading.Lock()
     for phase in (first, rest):
-        with ThreadPoolExecutor(max_workers=max(1, concurrent)) as pool:
-            futures = {pool.submit(_run, job, command): job for job in phase}
+        if processes > 1:
+            pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+        else:
+            pool = ThreadPoolExecutor(max_workers=max(1, concurrent))
+        with pool:
+            futures = {pool.submit(_run, _attach_stage1(job), command): job for job in phase}
             for future, job in futures.items():
                 job.result = future.result()
-                with lock:
-                    top1 = job.result["test"]["top1"]
-                    print(f"  done {job.method} IF {job.imbalance_factor:g} seed {job.seed}: top-1 {top1:.2f} "
-                          f"({job.result['seconds']:.0f} s)", flush=True)
+                print(f"  done {job.method} IF {job.imbalance_factor:g} seed {job.seed}: top-1 {job.result['test']['top1']:.2f} "
+                      f"({job.result['seconds']:.0f} s)", flush=True)
 
 
 def _paper_figures(dataset: str, factor: float, method: str) -> list[dict[str, Any]]:
@@ -274,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", help="only these methods")
     parser.add_argument("--imbalance-factors", nargs="*", type=float, help="only these imbalance factors")
     parser.add_argument("--seeds", nargs="*", type=int, help="only these seeds")
-    parser.add_argument("--concurrent", type=int, default=1, help="runs trained at once, each on its own CUDA stream")
+    parser.add_argument("--concurrent", type=int, default=1, help="runs trained at once in this process, each on its own CUDA stream")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="runs trained at once in worker processes (for eager runs, which are bound by the host)")
     parser.add_argument("--runs", default="runs/bench", help="folder of the run folders")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="folder of the results JSON/Markdown")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -292,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     started, start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
-    execute(jobs, args.concurrent, command)
+    execute(jobs, args.concurrent, command, args.processes)
     wall = time.perf_counter() - start
     runtime = Runtime.resolve(jobs[0].config.engine)
     part = {
@@ -302,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": wall,
         "started": started,
         "concurrent": args.concurrent,
+        "processes": args.processes,
         "env": environment(runtime, command),
     }
     results_dir = Path(args.results)
