@@ -42,8 +42,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         config.engine.progress = False
     results = run_config(config, command=_command_line(), fresh=args.fresh)
-    print(report(results))
-    print(f"run folder: {Path(config.output_dir) / config.name / f'seed{config.seed}'}")
+    if results["env"]["runtime"].get("rank", 0) == 0:  # under torchrun, rank 0 reports
+        print(report(results))
+        print(f"run folder: {Path(config.output_dir) / config.name / f'seed{config.seed}'}")
     return 0
 
 

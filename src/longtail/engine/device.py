@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import EngineConfig
 from ..errors import ConfigError
+from .distributed import World, init_world
 
 
 def _auto(value: str | bool, default: bool, where: str) -> bool:
@@ -34,6 +35,7 @@ class Runtime:
     channels_last: bool
     cuda_graph: bool
     compile: bool = False
+    world: World = World()  # data-parallel ranks (engine/distributed.py); one process by default
 
     @classmethod
     def resolve(cls, config: EngineConfig) -> "Runtime":
@@ -44,6 +46,10 @@ class Runtime:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("engine.device asks for CUDA but no GPU is visible; use engine.device=cpu")
         on_cuda = device.type == "cuda"
+        world = init_world("nccl" if on_cuda else "gloo")
+        if on_cuda and world.size > 1:  # one GPU per rank
+            device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(device)
         if config.cpu_threads > 0:
             torch.set_num_threads(config.cpu_threads)
         bf16 = _auto(config.amp, on_cuda, "amp")
@@ -53,6 +59,7 @@ class Runtime:
             channels_last=_auto(config.channels_last, on_cuda, "channels_last"),
             cuda_graph=_auto(config.cuda_graph, on_cuda, "cuda_graph") and on_cuda,
             compile=_auto(config.compile, on_cuda, "compile"),
+            world=world,
         )
 
     def compiled(self, module: nn.Module) -> nn.Module:
@@ -78,6 +85,8 @@ class Runtime:
             "channels_last": self.channels_last,
             "cuda_graph": self.cuda_graph,
             "compile": self.compile,
+            "world_size": self.world.size,
+            "rank": self.world.rank,
         }
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)

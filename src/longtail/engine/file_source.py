@@ -17,6 +17,24 @@ from torch.utils.data import DataLoader
 from ..data.files import FileSplit, eval_transform, train_transform
 from ..data.sampling import SamplingStrategy, StrategySampler
 from .device import Runtime
+from .distributed import World
+
+
+class RankSlices(torch.utils.data.Sampler[int]):
+    """This rank's contiguous slice of every global batch that ``sampler`` yields."""
+
+    def __init__(self, sampler: StrategySampler, batch_size: int, world: World):
+        self.sampler, self.batch_size, self.world = sampler, batch_size, world
+        self.local = world.shard(batch_size)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(self.sampler)
+        start = self.world.rank * self.local
+        for batch in range(0, len(indices) - self.batch_size + 1, self.batch_size):
+            yield from indices[batch + start : batch + start + self.local]
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size * self.local
 
 
 def _to_device(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -45,10 +63,11 @@ class LoaderSource:
         self.steps_per_epoch = math.ceil(len(split) / self.batch_size)
         self.sampler = StrategySampler(split.y, strategy, num_samples=self.steps_per_epoch * self.batch_size)
         self.sampler.set_epoch(0, total_epochs)
+        world = runtime.world
         self.loader = DataLoader(
             split.with_transform(train_transform(split.image_size, mean, std, augment)),
-            batch_size=self.batch_size,
-            sampler=self.sampler,
+            batch_size=world.shard(self.batch_size),
+            sampler=self.sampler if world.size == 1 else RankSlices(self.sampler, self.batch_size, world),
             num_workers=split.workers,
             pin_memory=runtime.device.type == "cuda",
             persistent_workers=split.workers > 0,

@@ -13,7 +13,8 @@ The run folder ``<output_dir>/<name>/seed<seed>/`` holds:
 - ``per_class_accuracy.png``, ``weight_norms.png``.
 
 Resuming (the default) continues from ``checkpoint.pt``; a finished run (``results.json``) is
-not re-run unless ``fresh=True``.
+not re-run unless ``fresh=True``. Under data parallelism (``engine/distributed.py``) every rank
+trains and evaluates and rank 0 alone writes the folder.
 """
 from __future__ import annotations
 
@@ -104,9 +105,10 @@ class Run:
         self.config = config
         self.command = command
         self.run_dir = run_dir_of(config)
-        if fresh and self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
         self.runtime = Runtime.resolve(config.engine)
+        self.writes = self.runtime.world.main  # under data parallelism rank 0 alone writes the run folder
+        if fresh and self.writes and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> RunContext:
@@ -116,9 +118,10 @@ class Run:
             seed_everything(config.seed)
             model = self._build_model(dataset)
         ctx = RunContext(config, self.runtime, dataset, model, _to_device(dataset, self.runtime.device), self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        write_json(self.run_dir / "env.json", environment(self.runtime, self.command))
+        if self.writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+            write_json(self.run_dir / "env.json", environment(self.runtime, self.command))
         return ctx
 
     def _build_model(self, dataset):
@@ -138,10 +141,14 @@ class Run:
         return model
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def _save(self, ctx: RunContext, stage_index: int, epoch: int, trainer: StageTrainer | None) -> None:
+        if not self.writes:
+            return
         atomic_save(
             {
                 "stage": stage_index,
@@ -226,12 +233,14 @@ class Run:
         if best_val is not None:
             ctx.model.load_state_dict(best_val[1])
         results = self._results(ctx, timings, time.perf_counter() - started)
-        write_json(results_path, results)
-        self._plots(ctx, results)
+        if self.writes:
+            write_json(results_path, results)
+            self._plots(ctx, results)
         return results
 
     def _finish_stage(self, ctx: RunContext, index: int, stage) -> None:
-        atomic_save({"model": ctx.model.state_dict(), "stage": index}, self.run_dir / f"stage{index}_{stage.name}.pt")
+        if self.writes:
+            atomic_save({"model": ctx.model.state_dict(), "stage": index}, self.run_dir / f"stage{index}_{stage.name}.pt")
         ctx.feature_cache.clear()
 
     def _load_weights(self, ctx: RunContext, path: str) -> None:

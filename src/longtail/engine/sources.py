@@ -18,6 +18,7 @@ import torch
 
 from ..data.gpu_augment import Normalize
 from ..data.sampling import DeviceIndexDrawer, SamplingStrategy
+from .distributed import World
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 
@@ -37,10 +38,13 @@ class DeviceSource:
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         channels_last: bool = False,
+        world: World = World(),
     ):
         self.inputs = inputs
         self.labels = labels
-        self.batch_size = min(batch_size, len(labels))
+        self.batch_size = min(batch_size, len(labels))  # the global batch; this rank trains on its slice
+        self.world = world
+        self.local_batch = world.shard(self.batch_size)
         self.steps_per_epoch = math.ceil(len(labels) / self.batch_size)
         self.augment = augment
         self.is_image = inputs.dtype == torch.uint8
@@ -60,6 +64,8 @@ class DeviceSource:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch ``(inputs, labels)``; graph-safe (the cursor advances on the device)."""
         index = self.epoch_indices.index_select(0, self.cursor).view(-1)
+        if self.world.size > 1:  # this rank's contiguous slice of the global batch
+            index = index.narrow(0, self.world.rank * self.local_batch, self.local_batch)
         self.cursor.add_(1)
         x = self.inputs.index_select(0, index)
         y = self.labels.index_select(0, index)

@@ -238,6 +238,7 @@ class SupervisedStage(StageKind):
                 mean=ctx.dataset.mean,
                 std=ctx.dataset.std,
                 channels_last=runtime.channels_last,
+                world=runtime.world,
             )
         encoder = model.encoder
         trained_encoder = encoder if head_only else runtime.compiled(encoder)

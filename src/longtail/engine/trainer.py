@@ -24,6 +24,7 @@ from ..config import OptimizerConfig, ScheduleConfig
 from ..errors import TrainingError
 from .concurrency import DEVICE_RNG_LOCK
 from .device import Runtime
+from .distributed import average_, broadcast_buffers_, sum_
 from .schedules import factor_table
 from .sources import DeviceSource
 
@@ -101,6 +102,8 @@ class StageTrainer:
         with self.runtime.autocast():
             loss, logits = self.plan.compute_loss(x, y)
         loss.backward()
+        if self.runtime.world.size > 1:
+            average_([p.grad for _, p in self.plan.named_params if p.grad is not None], self.runtime.world)
         for group, table in zip(self.optimizer.param_groups, self.lr_tables):
             group["lr"].copy_(table.index_select(0, self.step_index).view(()))
         self.step_index.add_(1)
@@ -167,6 +170,9 @@ class StageTrainer:
     def _use_graph(self) -> bool:
         if not self.runtime.cuda_graph:
             return False
+        if self.runtime.world.size > 1:
+            self.fallback_reason = "distributed steps run eagerly (collectives are not captured in the CUDA graph)"
+            return False
         if not self.plan.graph_safe:
             self.fallback_reason = self.plan.graph_unsafe_reason or "the stage is marked graph-unsafe"
             return False
@@ -202,7 +208,10 @@ class StageTrainer:
         with DEVICE_RNG_LOCK:
             for hook in plan.hooks:
                 hook.on_epoch_end()
-        loss_sum, correct = self.totals.tolist()  # the one host sync of the epoch
+        world = self.runtime.world
+        broadcast_buffers_(plan.train_modules, world)  # rank 0's BatchNorm statistics everywhere
+        loss_sum, correct = sum_(self.totals, world).tolist()  # the one host sync of the epoch
+        loss_sum /= world.size  # each rank's loss is the mean over its slice of the batch
         seen = last * plan.source.batch_size
         if not math.isfinite(loss_sum):
             raise TrainingError(
@@ -224,7 +233,7 @@ class StageTrainer:
             range(start_epoch, self.plan.epochs),
             desc=self.plan.name,
             unit="ep",
-            disable=not self.progress,
+            disable=not self.progress or not self.runtime.world.main,
             dynamic_ncols=True,
         )
         for epoch in bar:

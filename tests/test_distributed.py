@@ -1,0 +1,99 @@
+"""Data parallelism on the CPU (gloo, two spawned ranks): the ranks stay in step, and two ranks that
+each train on half of every batch take exactly the steps one process takes on the whole batch."""
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import longtail.engine.runner as runner
+from longtail.config import load_config
+from longtail.data.dataset import ArraySplit, LongTailedDataset
+from longtail.data.sampling import StrategySampler
+from longtail.engine.distributed import World
+from longtail.engine.file_source import RankSlices
+from longtail.errors import ConfigError
+
+COUNTS = [40, 20, 10, 6]
+
+
+def features(_config=None) -> LongTailedDataset:
+    """4 Gaussian clusters of 8-d features: a linear head, no BatchNorm, so the comparison is exact."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 8))
+
+    def make(counts):
+        y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+        return ArraySplit((centres[y] + rng.normal(0, 0.8, (len(y), 8))).astype(np.float32), y)
+
+    return LongTailedDataset("features", 4, list("abcd"), make(COUNTS), make([10] * 4), meta={"source": "test"})
+
+
+def config(out):
+    return load_config(mapping={"method": "ce", "name": "ddp"}, overrides=[
+        f"output_dir={out}", "engine.progress=false", "engine.checkpoint_every=0", "stages.0.epochs=3",
+        "stages.0.batch_size=16", "stages.0.augment=none", "stages.0.schedule.milestones=[]", "stages.0.schedule.warmup_epochs=0",
+    ])
+
+
+def _rank(rank, port, out, results_dir):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    runner.load_dataset = features
+    results = runner.run_config(config(out))
+    (results_dir / f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_take_the_steps_of_one_process_on_the_whole_batch(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", features)
+    single = runner.run_config(config(tmp_path / "single"))
+    mp.spawn(_rank, args=(_free_port(), tmp_path / "ddp", tmp_path), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["test"] == ranks[1]["test"] and ranks[0]["weight_norms"] == ranks[1]["weight_norms"]
+    np.testing.assert_allclose(ranks[0]["weight_norms"], single["weight_norms"], rtol=1e-5)
+    assert ranks[0]["test"]["confusion"] == single["test"]["confusion"]
+    assert (tmp_path / "ddp" / "ddp" / "seed0" / "results.json").is_file()  # rank 0 wrote the run folder
+    assert ranks[0]["env"]["runtime"]["world_size"] == 2
+
+
+def test_rank_slices_cover_each_global_batch_once():
+    sampler = StrategySampler(torch.arange(12) % 3, "instance", num_samples=12)
+    torch.manual_seed(0)
+    whole = list(sampler)
+    slices = []
+    for rank in (0, 1):
+        torch.manual_seed(0)
+        slices.append(list(RankSlices(sampler, 6, World(rank, 2, rank))))
+    for step in range(2):
+        assert slices[0][3 * step:3 * step + 3] + slices[1][3 * step:3 * step + 3] == whole[6 * step:6 * step + 6]
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        World(0, 2).shard(5)
+
+
+def test_each_rank_of_a_device_source_gets_its_slice_of_the_global_batch():
+    from longtail.data.sampling import build_sampler
+    from longtail.engine.sources import DeviceSource
+
+    x = torch.arange(24, dtype=torch.float32).view(12, 2)
+    y = torch.arange(12) % 3
+
+    def first_batch(world):
+        torch.manual_seed(0)
+        source = DeviceSource(x, y, 3, build_sampler("instance"), 6, 1, world=world)
+        source.start_epoch(0)
+        return source.next()[0]
+
+    whole = first_batch(World())
+    halves = [first_batch(World(rank, 2, rank)) for rank in (0, 1)]
+    assert halves[0].shape == (3, 2)
+    torch.testing.assert_close(torch.cat(halves), whole)
