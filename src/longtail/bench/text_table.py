@@ -47,6 +47,7 @@ METHODS = {
     "wd_maxnorm_cb": "WD+MaxNorm+CB: wd 1.5e-3 CE classifier + CB loss, weight decay, per-class norm cap",
     "glag": "GLAG: GraLoss classifier + AFG stage 2 (generated tail features, LWS, KD, beta on val)",
     "ghm_cwap": "GHM-CWAP loss (category-wise gradient harmonising, margins, AURA)",
+    "ghm_cwap_class_norm": "GHM-CWAP with intra-category weights normalised per class (ours)",
     "seesaw": "Seesaw loss (p 0.8, q 2)",
     "bwlm": "BWLM: head-half stage 1 + new layer on the balanced review set (BFS loss, weight decay)",
     "bwlm_naive": "CE with wd 1.5e-3 (BWLM's 'naive'; the stage 1 of iwb and wd_maxnorm_cb)",
