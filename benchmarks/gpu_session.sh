@@ -2,7 +2,7 @@
 # One GPU call's measurements. Everything is written under /tmp/session and packed into
 # $OUT/session.tar.gz (the device tool brings back at most 8 files), with the console in $OUT/log.txt.
 # Usage, from the repository root on the GPU machine (prepared data files carried in .prepared/):
-#   LONGTAIL_COMMIT=<sha> [SPEED=1 [SPEED_ARGS="..."]] [EAGER_PARITY=1] [SMOKE=<recipes>] [CONCURRENT=3] [SET="k=v ..."] \
+#   LONGTAIL_COMMIT=<sha> [PROBE=1] [SPEED=1 [SPEED_ARGS="..."]] [EAGER_PARITY=1] [SMOKE=<recipes>] [CONCURRENT=3] [SET="k=v ..."] \
 #     bash benchmarks/gpu_session.sh [SPEC "<methods>" "<imbalance factors>"]
 # e.g. bash benchmarks/gpu_session.sh benchmarks/specs/cifar10_lt_iwb_bwlm.yaml "wd wd_maxnorm_cb iwb" "100"
 # Afterwards, here: tar -xzf <files_at>/session.tar.gz -C /tmp; longtail bench merge
@@ -22,6 +22,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$W/g
 python -c "import torch; print('torch', torch.__version__)" | tee -a "$W/gpu.txt"
 if [ -n "${SMOKE:-}" ]; then
   python benchmarks/gpu_smoke.py "$W/smoke" "$SMOKE" 2>&1 | grep -v Warn | tee "$W/smoke.log" | cut -c1-300
+fi
+if [ -n "${PROBE:-}" ]; then  # stacked-seeds probe (benchmarks/probe_stacked.py), about a minute
+  python benchmarks/probe_stacked.py --output "$W/probe_stacked.json" 2>&1 | tee "$W/probe_stacked.log"
 fi
 if [ -n "${SPEED:-}" ]; then
   # SPEED_ARGS: e.g. "--epochs 20 --variants fast fast_compiled fast_nchw fast_compiled_nchw" (a probe)
