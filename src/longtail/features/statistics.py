@@ -62,8 +62,26 @@ def tukey_transform(x: torch.Tensor, lam: float = 0.5, eps: float = 1e-6) -> tor
     return torch.pow(x, lam)
 
 
+class _PerClass:
+    """Shape properties shared by the per-class statistics (``means [C, D]``)."""
+
+    means: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+
 @dataclass
-class ClassStatistics:
+class ClassStatistics(_PerClass):
     """Mean, covariance and count of the features of every class.
 
     Attributes:
@@ -86,17 +104,6 @@ class ClassStatistics:
                 "[C, D], [C, D, D] and [C]"
             )
 
-    @property
-    def num_classes(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.means.device
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ClassStatistics":
         """A copy on ``device`` (means and covariances also cast to ``dtype`` if given)."""
@@ -193,7 +200,7 @@ class ClassStatistics:
 
 
 @dataclass
-class FactoredStatistics:
+class FactoredStatistics(_PerClass):
     """Mean, count and an exact square-root factor of the covariance (Eq. 6) of every class.
 
     ``factors[k]`` is ``F_k [r_k, D]`` with ``F_k^T F_k = Sigma_k`` (the unbiased covariance, or the
@@ -214,13 +221,6 @@ class FactoredStatistics:
     counts: torch.Tensor
     factors: list[torch.Tensor]
 
-    @property
-    def num_classes(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
 
     @classmethod
     def from_features(
