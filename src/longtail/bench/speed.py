@@ -94,9 +94,15 @@ def main(argv: list[str] | None = None) -> int:
             "extrapolated_total_seconds": _extrapolate(eager_epochs, args.epochs),
         }
 
-        for variant in args.variants:
+        for position, variant in enumerate(args.variants):
             variant_cfg = _ce_config(data_args, tmp, args.epochs, FAST_VARIANTS[variant][1] + [f"name=speed_{variant}"])
-            record[variant] = _measure_fast(variant_cfg, args.epochs)
+            try:
+                record[variant] = _measure_fast(variant_cfg, args.epochs)
+            except Exception as error:  # a later variant's failure (e.g. the compiler) keeps the others' timings
+                if position == 0:
+                    raise
+                record[variant] = {"error": f"{type(error).__name__}: {error}"}
+                print(f"variant {variant} failed: {record[variant]['error']}", file=sys.stderr)
         stage1 = Path(tmp) / f"speed_{args.variants[0]}" / f"seed{args.seed}" / "stage0_stage1.pt"
         lws_cfg = load_config(
             mapping={"method": "ce", "name": "speed_lws"},
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "cuda_graph": lws["timings"][1]["cuda_graph"],
         }
     for variant in FAST_VARIANTS:
-        if variant in record:
+        if variant in record and "error" not in record[variant]:
             seconds = record[variant]["stage1_seconds_excluding_capture"]
             record[variant]["speedup_vs_conventional"] = record["conventional"]["extrapolated_total_seconds"] / seconds
             record[variant]["speedup_vs_eager_fp32"] = record["eager_fp32"]["extrapolated_total_seconds"] / seconds
@@ -170,14 +176,16 @@ def _table(record: dict) -> str:
         ("longtail eager fp32 (device data)", record["eager_fp32"]["extrapolated_total_seconds"], f"extrapolated from {record['eager_fp32']['measured_epochs']} epochs"),
     ]
     for variant, (name, _) in FAST_VARIANTS.items():
-        if variant in record:
+        if variant in record and "error" not in record[variant]:
             fast = record[variant]
             rows.append((name, fast["stage1_seconds_excluding_capture"], f"measured, {e} epochs; capture/compile {fast['capture_seconds']:.1f} s"))
     lines = [f"{'pipeline':38s} {'s/epoch':>8s} {f'{e} ep (s)':>10s}  note"]
     for name, total, note in rows:
         lines.append(f"{name:38s} {total / e:8.3f} {total:10.1f}  {note}")
     for variant in FAST_VARIANTS:
-        if variant in record:
+        if variant in record and "error" in record[variant]:
+            lines.append(f"{variant}: failed, {record[variant]['error']}")
+        elif variant in record:
             fast = record[variant]
             lines.append(
                 f"{variant}: {fast['speedup_vs_conventional']:.1f}x vs conventional, {fast['speedup_vs_eager_fp32']:.1f}x vs eager fp32; "
