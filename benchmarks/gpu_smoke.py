@@ -28,8 +28,10 @@ def synthetic(_config=None) -> LongTailedDataset:
     x = rng.integers(0, 256, (len(y), 3, 32, 32), dtype=np.uint8)
     yt = np.repeat(np.arange(10), 1000)
     xt = rng.integers(0, 256, (len(yt), 3, 32, 32), dtype=np.uint8)
+    yv = np.repeat(np.arange(10), 20)  # a balanced validation split, as GLAG's feature generator needs
+    xv = rng.integers(0, 256, (len(yv), 3, 32, 32), dtype=np.uint8)
     return LongTailedDataset("synthetic-cifar10-lt", 10, [str(i) for i in range(10)], ArraySplit(x, y), ArraySplit(xt, yt),
-                             mean=(0.49, 0.48, 0.45), std=(0.2, 0.2, 0.2))
+                             val=ArraySplit(xv, yv), mean=(0.49, 0.48, 0.45), std=(0.2, 0.2, 0.2))
 
 
 def cfg(out: Path, method: str, epochs: int, seed: int = 0, name: str | None = None):

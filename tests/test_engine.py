@@ -1,5 +1,6 @@
 """The engine end to end on a tiny synthetic dataset: run folder, resume, NaN handling, stage 2."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -78,9 +79,16 @@ def test_resume_after_an_interruption_gives_the_same_model(tmp_path, monkeypatch
     monkeypatch.setattr(StageTrainer, "run_epoch", crash_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         runner.run_config(config(tmp_path / "split"))
-    assert load_checkpoint(tmp_path / "split" / "ce" / "seed0" / "checkpoint.pt")["epoch"] == 2
+    checkpoint = load_checkpoint(tmp_path / "split" / "ce" / "seed0" / "checkpoint.pt")
+    assert checkpoint["epoch"] == 2 and checkpoint["elapsed_seconds"] > 0
     monkeypatch.setattr(StageTrainer, "run_epoch", original)
+    started = time.perf_counter()
     resumed = runner.run_config(config(tmp_path / "split"))
+    this_process = time.perf_counter() - started
+    # the run's time counts the interrupted process's work up to its checkpoint
+    assert resumed["resumed_from"] == {"stage": 0, "epoch": 2}
+    assert resumed["seconds"] >= checkpoint["elapsed_seconds"] and resumed["seconds"] - checkpoint["elapsed_seconds"] <= this_process
+    assert "resumed_from" not in whole
     a = torch.load(tmp_path / "whole" / "ce" / "seed0" / "stage0_stage1.pt")["model"]
     b = torch.load(tmp_path / "split" / "ce" / "seed0" / "stage0_stage1.pt")["model"]
     for key in a:
@@ -223,3 +231,41 @@ def test_compile_leaves_classifier_only_stages_alone(tmp_path, monkeypatch):
     results = runner.run_config(config(tmp_path, "crt", "engine.compile=on", "stages.1.epochs=2"))
     assert len(compiled) == 1  # stage 1's encoder only
     assert results["timings"][0]["compile_seconds"] > 0 and results["timings"][1]["compile_seconds"] == 0
+
+
+def test_cudnn_autotuning_is_on_with_cuda_only_and_rejects_unknown_values():
+    """engine.cudnn_benchmark: auto is off on the CPU (nothing to tune) and recorded in the run's
+    runtime; a value other than auto/on/off names the setting."""
+    from longtail.config import EngineConfig
+    from longtail.engine.device import Runtime
+    from longtail.errors import ConfigError
+
+    cpu = Runtime.resolve(EngineConfig(device="cpu"))
+    assert cpu.cudnn_benchmark is False and cpu.describe()["cudnn_benchmark"] is False
+    assert Runtime.resolve(EngineConfig(device="cpu", cudnn_benchmark="on")).cudnn_benchmark is False
+    with pytest.raises(ConfigError, match="engine.cudnn_benchmark must be auto, on or off"):
+        Runtime.resolve(EngineConfig(device="cpu", cudnn_benchmark="fastest"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cudnn_autotuning_follows_the_setting_on_cuda():
+    from longtail.config import EngineConfig
+    from longtail.engine.device import Runtime
+
+    assert Runtime.resolve(EngineConfig(device="cuda")).cudnn_benchmark and torch.backends.cudnn.benchmark
+    assert not Runtime.resolve(EngineConfig(device="cuda", cudnn_benchmark="off")).cudnn_benchmark
+    assert not torch.backends.cudnn.benchmark
+
+
+def test_environment_records_the_declared_commit_beside_the_checkout(monkeypatch):
+    """A copied checkout (a GPU machine's) may sit at an older commit: LONGTAIL_COMMIT, when set,
+    is recorded beside git's answer, never instead of it."""
+    from longtail.engine.device import Runtime
+    from longtail.config import EngineConfig
+
+    runtime = Runtime.resolve(EngineConfig(device="cpu"))
+    monkeypatch.delenv("LONGTAIL_COMMIT", raising=False)
+    assert "declared_commit" not in runner.environment(runtime)
+    monkeypatch.setenv("LONGTAIL_COMMIT", "0123abc")
+    env = runner.environment(runtime)
+    assert env["declared_commit"] == "0123abc" and env["commit"] == runner.git_commit()

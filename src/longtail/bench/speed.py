@@ -9,7 +9,7 @@ Measures, on the same data, model and recipe (CE, ResNet-32, bs 128, 200-epoch s
    ``--eager-epochs`` epochs, extrapolated the same way;
 3. our fast path (CUDA graph, bf16, channels_last, fused SGD) for the full ``--epochs``,
    measured whole, in each of ``--variants`` (:data:`FAST_VARIANTS`: plain, with
-   ``engine.compile=on``, and either without channels_last); one-off capture/compilation time
+   ``engine.compile=on``, either without channels_last, compiled without cuDNN autotuning); one-off capture/compilation time
    reported separately. A short ``--epochs 20`` call is a cheap probe of which variant is fastest;
 4. a classifier-only stage 2 (LWS, 10 epochs on cached features) on top of the fast stage 1.
 
@@ -40,6 +40,7 @@ FAST_VARIANTS = {
     "fast_compiled": ("longtail fast path + torch.compile", ["engine.compile=on"]),
     "fast_nchw": ("longtail fast path, NCHW", ["engine.channels_last=off"]),
     "fast_compiled_nchw": ("longtail fast path + compile, NCHW", ["engine.compile=on", "engine.channels_last=off"]),
+    "fast_compiled_no_autotune": ("longtail fast path + compile, no cuDNN autotuning", ["engine.compile=on", "engine.cudnn_benchmark=off"]),
 }
 
 

@@ -1,5 +1,5 @@
-"""Resolve the engine settings (device, bf16 autocast, channels_last, CUDA graphs, torch.compile)
-for a machine."""
+"""Resolve the engine settings (device, bf16 autocast, channels_last, CUDA graphs, torch.compile,
+cuDNN autotuning) for a machine."""
 from __future__ import annotations
 
 import contextlib
@@ -35,6 +35,7 @@ class Runtime:
     channels_last: bool
     cuda_graph: bool
     compile: bool = False
+    cudnn_benchmark: bool = False
     world: World = World()  # data-parallel ranks (engine/distributed.py); one process by default
 
     @classmethod
@@ -53,12 +54,18 @@ class Runtime:
         if config.cpu_threads > 0:
             torch.set_num_threads(config.cpu_threads)
         bf16 = _auto(config.amp, on_cuda, "amp")
+        cudnn_benchmark = _auto(config.cudnn_benchmark, on_cuda, "cudnn_benchmark") and on_cuda
+        if on_cuda:
+            # Shapes are fixed, so the per-shape autotuning is paid once, in the warm-up steps
+            # before CUDA-graph capture. Process-wide: the last resolved run's setting holds.
+            torch.backends.cudnn.benchmark = cudnn_benchmark
         return cls(
             device=device,
             bf16=bf16,
             channels_last=_auto(config.channels_last, on_cuda, "channels_last"),
             cuda_graph=_auto(config.cuda_graph, on_cuda, "cuda_graph") and on_cuda,
             compile=_auto(config.compile, on_cuda, "compile"),
+            cudnn_benchmark=cudnn_benchmark,
             world=world,
         )
 
@@ -85,6 +92,7 @@ class Runtime:
             "channels_last": self.channels_last,
             "cuda_graph": self.cuda_graph,
             "compile": self.compile,
+            "cudnn_benchmark": self.cudnn_benchmark,
             "world_size": self.world.size,
             "rank": self.world.rank,
         }

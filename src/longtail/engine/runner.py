@@ -77,6 +77,7 @@ def environment(runtime: Runtime, command: str | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "runtime": runtime.describe(),
         "commit": git_commit(),
+        **({"declared_commit": os.environ["LONGTAIL_COMMIT"]} if os.environ.get("LONGTAIL_COMMIT") else {}),
         "command": command or " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -157,6 +158,7 @@ class Run:
                 "trainer": trainer.state_dict() if trainer is not None else None,
                 "rng": rng_state(),
                 "stage_options": [dict(s.options) for s in self.config.stages],
+                "elapsed_seconds": self._elapsed_seconds(),
             },
             self.run_dir / "checkpoint.pt",
         )
@@ -170,6 +172,8 @@ class Run:
         ctx = self._setup()
         config = self.config
         resume = load_checkpoint(self.run_dir / "checkpoint.pt") if (self.run_dir / "checkpoint.pt").exists() else None
+        # training time is kept across resumes: the checkpoint carries the time spent up to it
+        self._elapsed = (started, resume.get("elapsed_seconds", 0.0) if resume else 0.0)
         timings: list[dict[str, Any]] = []
         best_val: tuple[float, dict[str, torch.Tensor]] | None = None
         kinds = [stage_kind(s.kind) for s in config.stages]
@@ -232,11 +236,18 @@ class Run:
             self._finish_stage(ctx, index, stage)
         if best_val is not None:
             ctx.model.load_state_dict(best_val[1])
-        results = self._results(ctx, timings, time.perf_counter() - started)
+        results = self._results(ctx, timings, self._elapsed_seconds())
+        if resume is not None:
+            results["resumed_from"] = {"stage": resume["stage"], "epoch": resume["epoch"]}
         if self.writes:
             write_json(results_path, results)
             self._plots(ctx, results)
         return results
+
+    def _elapsed_seconds(self) -> float:
+        """Seconds this run has taken, earlier processes' up to their last checkpoint included."""
+        started, before = self._elapsed
+        return before + time.perf_counter() - started
 
     def _finish_stage(self, ctx: RunContext, index: int, stage) -> None:
         if self.writes:
