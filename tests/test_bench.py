@@ -1,5 +1,6 @@
 """The reproduction harness: matrix planning, shared stage 1, resumable cells, merged results."""
 import json
+import statistics
 
 import pytest
 import yaml
@@ -64,21 +65,39 @@ def test_matrix_runs_writes_cells_and_merges_parts(spec_file, tmp_path):
     assert (tmp_path / ce["run_dirs"][0] / "results.json").stat().st_mtime == mtime
 
 
-def test_merge_of_parts_run_on_different_machines(tmp_path):
-    def part(method, top1, command):
-        cell = {"dataset": "cifar10-lt", "imbalance_factor": 100.0, "method": method, "seeds": [0], "top1": [top1],
-                "top1_mean": top1, "top1_std": 0.0, "many": 1.0, "many_std": 0.0, "medium": 2.0, "medium_std": 0.0,
-                "few": None, "few_std": None, "device": "gpu", "commit": "abc", "command": command, "seconds": 1.0, "paper": []}
-        return {"name": "m", "cells": [cell], "parts": [{"command": command, "device": "gpu", "wall_seconds": 1.0, "started": "t"}]}
+def _part(method, seeds_top1, command, commit="abc"):
+    """A results file of one part: one cell of ``method`` with the given {seed: top-1}."""
+    per_seed = [{"seed": seed, "top1": top1, "many": top1 + 5, "medium": top1 - 5, "few": None, "seconds": 1.0,
+                 "run_dir": f"runs/{method}/seed{seed}", "device": "gpu", "commit": commit, "command": command}
+                for seed, top1 in seeds_top1.items()]
+    cell = reproduce._cell("cifar10-lt", 100.0, method, per_seed, None)
+    return {"name": "m", "cells": [cell], "parts": [{"command": command, "device": "gpu", "wall_seconds": 1.0, "started": "t"}]}
 
+
+def test_merge_of_parts_run_on_different_machines(tmp_path):
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
-    a.write_text(json.dumps(part("ce", 70.0, "first")))
-    b.write_text(json.dumps(part("lws", 72.0, "second")))
-    c.write_text(json.dumps(part("ce", 71.0, "rerun")))
+    a.write_text(json.dumps(_part("ce", {0: 70.0}, "first")))
+    b.write_text(json.dumps(_part("lws", {0: 72.0}, "second")))
+    c.write_text(json.dumps(_part("ce", {0: 71.0}, "rerun")))
     record = reproduce.merge_files([a, b, c], tmp_path / "m.json")
     assert [(x["method"], x["top1_mean"]) for x in record["cells"]] == [("ce", 71.0), ("lws", 72.0)]
     assert [p["command"] for p in record["parts"]] == ["first", "second", "rerun"]
     assert "| 100 | lws | 1 | 72.00 ± 0.00" in (tmp_path / "m.md").read_text()
+
+
+def test_merge_pools_the_seeds_of_a_cell_run_in_parts(tmp_path):
+    """A cell run seed by seed (e.g. --seeds 0 1 in one GPU call, --seeds 2 in the next) merges into
+    one cell over all its seeds, means and sample stds recomputed; each part's commit is kept."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_part("ce", {0: 70.0, 1: 72.0}, "--seeds 0 1", commit="1111111111aa")))
+    b.write_text(json.dumps(_part("ce", {2: 74.0, 1: 73.0}, "--seeds 1 2", commit="2222222222bb")))
+    (cell,) = reproduce.merge_files([a, b], tmp_path / "m.json")["cells"]
+    assert cell["seeds"] == [0, 1, 2] and cell["top1"] == [70.0, 73.0, 74.0]  # seed 1 from the later part
+    assert cell["top1_mean"] == pytest.approx(217 / 3) and cell["top1_std"] == pytest.approx(statistics.stdev([70, 73, 74]))
+    assert cell["many"] == pytest.approx(217 / 3 + 5) and cell["few"] is None
+    assert cell["commit"] == "1111111111aa, 2222222222bb" and cell["seconds"] == 3.0
+    assert "| 100 | ce | 3 | 72.33 ± 2.08 |" in (tmp_path / "m.md").read_text()
+    assert "| 1111111111, 2222222222 |" in (tmp_path / "m.md").read_text()
 
 
 def test_set_overrides_every_run_but_a_methods_own_overrides_win(spec_file):

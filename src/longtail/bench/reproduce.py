@@ -178,34 +178,54 @@ def aggregate(spec: dict[str, Any], jobs: list[Job], command: str) -> list[dict[
         cells.setdefault((job.imbalance_factor, job.method), []).append(job)
     out = []
     for (factor, method), group in sorted(cells.items()):
-        group.sort(key=lambda j: j.seed)
-        tests = [j.result["test"] for j in group]
-        top1 = [t["top1"] for t in tests]
-        cell = {
-            "dataset": spec["dataset"],
-            "imbalance_factor": factor,
-            "method": method,
-            "seeds": [j.seed for j in group],
-            "top1": top1,
-            "top1_mean": _mean_std(top1)[0],
-            "top1_std": _mean_std(top1)[1],
-        }
-        for group_name in ("many", "medium", "few"):
-            mean, std = _mean_std([t[group_name] for t in tests])
-            cell[group_name], cell[f"{group_name}_std"] = mean, std
-        env = group[0].result["env"]
-        cell.update(
-            device=env["runtime"].get("gpu", env["runtime"]["device"]),
-            commit=env["commit"],
-            command=command,
-            seconds=sum(j.result["seconds"] for j in group),
-            seconds_per_seed=[j.result["seconds"] for j in group],
-            stage1_shared_from=group[0].shared_stage1.config.name if group[0].shared_stage1 else None,
-            run_dirs=[str(run_dir_of(j.config)) for j in group],
-            paper=_paper_figures(spec["dataset"], factor, method),
-        )
-        out.append(cell)
+        per_seed = [_seed_record(job, command) for job in group]
+        shared = group[0].shared_stage1.config.name if group[0].shared_stage1 else None
+        out.append(_cell(spec["dataset"], factor, method, per_seed, shared))
     return out
+
+
+def _seed_record(job: Job, command: str) -> dict[str, Any]:
+    """What a cell keeps of one seed's run: enough to merge seeds run in different parts."""
+    test, env = job.result["test"], job.result["env"]
+    return {
+        "seed": job.seed,
+        **{key: test[key] for key in ("top1", "many", "medium", "few")},
+        "seconds": job.result["seconds"],
+        "run_dir": str(run_dir_of(job.config)),
+        "device": env["runtime"].get("gpu", env["runtime"]["device"]),
+        "commit": env["commit"],
+        "command": command,
+    }
+
+
+def _cell(dataset: str, factor: float, method: str, per_seed: list[dict[str, Any]], stage1_shared_from: str | None) -> dict[str, Any]:
+    """A cell's summary (means and sample stds over seeds, paper figures) from its seeds' records."""
+    per_seed = sorted(per_seed, key=lambda r: r["seed"])
+    unique = lambda key: ", ".join(dict.fromkeys(r[key] for r in per_seed))  # noqa: E731
+    top1 = [r["top1"] for r in per_seed]
+    cell = {
+        "dataset": dataset,
+        "imbalance_factor": factor,
+        "method": method,
+        "seeds": [r["seed"] for r in per_seed],
+        "top1": top1,
+        "top1_mean": _mean_std(top1)[0],
+        "top1_std": _mean_std(top1)[1],
+    }
+    for group_name in ("many", "medium", "few"):
+        cell[group_name], cell[f"{group_name}_std"] = _mean_std([r[group_name] for r in per_seed])
+    cell.update(
+        device=unique("device"),
+        commit=unique("commit"),
+        command=unique("command"),
+        seconds=sum(r["seconds"] for r in per_seed),
+        seconds_per_seed=[r["seconds"] for r in per_seed],
+        stage1_shared_from=stage1_shared_from,
+        run_dirs=[r["run_dir"] for r in per_seed],
+        paper=_paper_figures(dataset, factor, method),
+        per_seed=per_seed,
+    )
+    return cell
 
 
 def _cell_key(cell: dict[str, Any]) -> tuple:
@@ -213,9 +233,17 @@ def _cell_key(cell: dict[str, Any]) -> tuple:
 
 
 def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Cells of both lists; a cell of ``new`` replaces the same (dataset, IF, method) in ``old``."""
+    """Cells of both lists. Where both hold the same (dataset, IF, method), their seeds are pooled
+    (a seed in ``new`` replaces the same seed in ``old``), so a matrix may be run seed by seed."""
     merged = {_cell_key(c): c for c in old}
-    merged.update({_cell_key(c): c for c in new})
+    for cell in new:
+        key = _cell_key(cell)
+        if key in merged:
+            seeds = {r["seed"]: r for r in merged[key]["per_seed"]}
+            seeds.update({r["seed"]: r for r in cell["per_seed"]})
+            cell = _cell(cell["dataset"], cell["imbalance_factor"], cell["method"], list(seeds.values()),
+                         cell["stage1_shared_from"])
+        merged[key] = cell
     return sorted(merged.values(), key=lambda c: (c["imbalance_factor"], c["method"]))
 
 
@@ -226,7 +254,8 @@ def merge_results(path: Path, name: str, cells: list[dict[str, Any]], part: dict
 
 
 def merge_files(paths: list[Path], output: Path) -> dict[str, Any]:
-    """Merge results files of parts run elsewhere (later files win per cell); write JSON + Markdown."""
+    """Merge results files of parts run elsewhere (seeds pooled per cell, a later file's seed wins);
+    write JSON + Markdown."""
     record = None
     for path in paths:
         part = json.loads(Path(path).read_text())
@@ -260,7 +289,7 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append(
             f"| {c['imbalance_factor']:g} | {c['method']} | {len(c['seeds'])} | {fmt(c['top1_mean'], c['top1_std'])} | "
             f"{fmt(c['many'], c['many_std'])} | {fmt(c['medium'], c['medium_std'])} | {fmt(c['few'], c['few_std'])} | "
-            f"{paper} | {c['seconds']:.0f} | {c['device']} | {c['commit'][:10]} |"
+            f"{paper} | {c['seconds']:.0f} | {c['device']} | {', '.join(x[:10] for x in c['commit'].split(', '))} |"
         )
     for part in record["parts"]:
         lines.append("")
@@ -270,7 +299,7 @@ def markdown(record: dict[str, Any]) -> str:
 
 def merge_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="longtail bench merge", description="merge results files of matrix parts")
-    parser.add_argument("parts", nargs="+", help="results JSON files of one matrix (later ones win per cell)")
+    parser.add_argument("parts", nargs="+", help="results JSON files of one matrix (seeds pooled per cell; a later file's seed wins)")
     parser.add_argument("--output", required=True, help="merged results JSON (a .md is written beside it)")
     args = parser.parse_args(argv)
     record = merge_files([Path(p) for p in args.parts], Path(args.output))
