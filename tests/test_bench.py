@@ -100,6 +100,15 @@ def test_merge_pools_the_seeds_of_a_cell_run_in_parts(tmp_path):
     assert "| 1111111111, 2222222222 |" in (tmp_path / "m.md").read_text()
 
 
+def test_seeds_option_picks_a_subset_or_adds_seeds_beyond_the_spec(spec_file):
+    spec = reproduce.load_spec(spec_file)
+    runs = spec_file.parent / "runs"
+    assert {j.seed for j in reproduce.plan_jobs(spec, runs)} == set(spec["seeds"])
+    assert {j.seed for j in reproduce.plan_jobs(spec, runs, seeds=[1])} == {1}
+    extra = reproduce.plan_jobs(spec, runs, seeds=[3, 4])
+    assert {j.seed for j in extra} == {3, 4} and all(j.config.seed == j.seed for j in extra)
+
+
 def test_set_overrides_every_run_but_a_methods_own_overrides_win(spec_file):
     spec = reproduce.load_spec(spec_file)
     spec["methods"]["lws"]["overrides"].append("engine.compile=off")

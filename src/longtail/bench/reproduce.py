@@ -85,9 +85,7 @@ def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, 
                 continue
             # a method is a config path, or {config: path, overrides: [key=value, ...]}
             config_path, method_overrides = (entry, []) if isinstance(entry, str) else (entry["config"], entry.get("overrides", []))
-            for seed in spec["seeds"]:
-                if seeds is not None and seed not in seeds:
-                    continue
+            for seed in spec["seeds"] if seeds is None else seeds:
                 overrides = [f"data.{k}={v}" for k, v in data.items()] + [
                     f"seed={seed}", f"name={method}", f"output_dir={runs_dir / spec['name'] / f'if{factor:g}'}",
                     "engine.progress=false",
@@ -312,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="the matrix spec (YAML)")
     parser.add_argument("--methods", nargs="*", help="only these methods")
     parser.add_argument("--imbalance-factors", nargs="*", type=float, help="only these imbalance factors")
-    parser.add_argument("--seeds", nargs="*", type=int, help="only these seeds")
+    parser.add_argument("--seeds", nargs="+", type=int, help="these seeds instead of the spec's (a subset, or more)")
     parser.add_argument("--concurrent", type=int, default=1, help="runs trained at once in this process, each on its own CUDA stream")
     parser.add_argument("--processes", type=int, default=1,
                         help="runs trained at once in worker processes (for eager runs, which are bound by the host)")
