@@ -2,7 +2,7 @@
 # One GPU call's measurements. Everything is written under /tmp/session and packed into
 # $OUT/session.tar.gz (the device tool brings back at most 8 files), with the console in $OUT/log.txt.
 # Usage, from the repository root on the GPU machine (prepared data files carried in .prepared/):
-#   LONGTAIL_COMMIT=<sha> [PROBE=1] [SPEED=1 [SPEED_ARGS="..."]] [EAGER_PARITY=1] [SMOKE=<recipes>] [CONCURRENT=3] [SET="k=v ..."] \
+#   LONGTAIL_COMMIT=<sha> [PROBE=1] [SPEED=1 [SPEED_ARGS="..."]] [EAGER_PARITY=1] [SMOKE=<recipes>] [CONCURRENT=3] [SET="k=v ..."] [SEEDS="0 1"] \
 #     bash benchmarks/gpu_session.sh [SPEC "<methods>" "<imbalance factors>"]
 # e.g. bash benchmarks/gpu_session.sh benchmarks/specs/cifar10_lt_iwb_bwlm.yaml "wd wd_maxnorm_cb iwb" "100"
 # Afterwards, here: tar -xzf <files_at>/session.tar.gz -C /tmp; longtail bench merge
@@ -37,6 +37,6 @@ if [ -n "${EAGER_PARITY:-}" ]; then  # eager fp32 is bound by the host: one work
 fi
 if [ -n "$SPEC" ]; then
   python -m longtail.cli bench reproduce "$SPEC" ${METHODS:+--methods $METHODS} ${FACTORS:+--imbalance-factors $FACTORS} \
-    ${SET:+--set $SET} --runs "$W/runs" --results "$W" --concurrent "${CONCURRENT:-3}" 2>&1 | grep -v Warn \
+    ${SET:+--set $SET} ${SEEDS:+--seeds $SEEDS} --runs "$W/runs" --results "$W" --concurrent "${CONCURRENT:-3}" 2>&1 | grep -v Warn \
     | tee "$W/reproduce.log" | tail -40
 fi
