@@ -233,14 +233,16 @@ def test_compile_leaves_classifier_only_stages_alone(tmp_path, monkeypatch):
     assert results["timings"][0]["compile_seconds"] > 0 and results["timings"][1]["compile_seconds"] == 0
 
 
-def test_cudnn_autotuning_is_on_with_cuda_only_and_rejects_unknown_values():
-    """engine.cudnn_benchmark: auto is off on the CPU (nothing to tune) and recorded in the run's
-    runtime; a value other than auto/on/off names the setting."""
+def test_cudnn_autotuning_is_off_by_default_never_on_cpu_and_rejects_unknown_values():
+    """engine.cudnn_benchmark: off by default (the setting every recorded GPU number was measured
+    with), never on the CPU (nothing to tune), recorded in the run's runtime; a value other than
+    auto/on/off names the setting."""
     from longtail.config import EngineConfig
     from longtail.engine.device import Runtime
     from longtail.errors import ConfigError
 
-    cpu = Runtime.resolve(EngineConfig(device="cpu"))
+    assert EngineConfig().cudnn_benchmark == "off"
+    cpu = Runtime.resolve(EngineConfig(device="cpu", cudnn_benchmark="auto"))
     assert cpu.cudnn_benchmark is False and cpu.describe()["cudnn_benchmark"] is False
     assert Runtime.resolve(EngineConfig(device="cpu", cudnn_benchmark="on")).cudnn_benchmark is False
     with pytest.raises(ConfigError, match="engine.cudnn_benchmark must be auto, on or off"):
@@ -252,8 +254,9 @@ def test_cudnn_autotuning_follows_the_setting_on_cuda():
     from longtail.config import EngineConfig
     from longtail.engine.device import Runtime
 
-    assert Runtime.resolve(EngineConfig(device="cuda")).cudnn_benchmark and torch.backends.cudnn.benchmark
-    assert not Runtime.resolve(EngineConfig(device="cuda", cudnn_benchmark="off")).cudnn_benchmark
+    assert Runtime.resolve(EngineConfig(device="cuda", cudnn_benchmark="auto")).cudnn_benchmark
+    assert torch.backends.cudnn.benchmark
+    assert not Runtime.resolve(EngineConfig(device="cuda")).cudnn_benchmark
     assert not torch.backends.cudnn.benchmark
 
 

@@ -113,7 +113,7 @@ class EngineConfig:
     channels_last: str | bool = "auto"  # auto | on | off
     cuda_graph: str | bool = "auto"  # auto | on | off
     compile: str | bool = "off"  # torch.compile the encoder of whole-network stages: auto (on with CUDA) | on | off
-    cudnn_benchmark: str | bool = "auto"  # cuDNN picks the fastest convolution per shape: auto (on with CUDA) | on | off
+    cudnn_benchmark: str | bool = "off"  # cuDNN autotunes each convolution shape: auto (on with CUDA) | on | off; off: the measured setting
     checkpoint_every: int = 20  # epochs; 0 disables periodic checkpoints
     cpu_threads: int = 0  # torch CPU threads (0: torch's default)
     progress: bool = True

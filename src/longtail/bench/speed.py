@@ -40,7 +40,8 @@ FAST_VARIANTS = {
     "fast_compiled": ("longtail fast path + torch.compile", ["engine.compile=on"]),
     "fast_nchw": ("longtail fast path, NCHW", ["engine.channels_last=off"]),
     "fast_compiled_nchw": ("longtail fast path + compile, NCHW", ["engine.compile=on", "engine.channels_last=off"]),
-    "fast_compiled_no_autotune": ("longtail fast path + compile, no cuDNN autotuning", ["engine.compile=on", "engine.cudnn_benchmark=off"]),
+    "fast_autotune": ("longtail fast path + cuDNN autotuning", ["engine.cudnn_benchmark=on"]),
+    "fast_compiled_autotune": ("longtail fast path + compile + cuDNN autotuning", ["engine.compile=on", "engine.cudnn_benchmark=on"]),
 }
 
 
