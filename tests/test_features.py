@@ -291,27 +291,34 @@ def test_ladc_printed_weights_hand_computed(stats3):
 
 def test_ladc_inverse_distance_hand_computed(stats3):
     # w ∝ n / d^2: 100/9, 2 -> 50/59, 9/59; mu0 = (36/59, 0); beta=0.5 -> prior weight 1/3
-    m, c = ladc_calibrate(X, stats3, HEAD, m=2, alpha=0.1, beta=0.5)
+    m, c = ladc_calibrate(X, stats3, HEAD, m=2, alpha=0.1, beta=0.5, weighting="inverse_distance")
     close(m[0], [12 / 59, 2.0])
     sig0 = torch.diag(torch.tensor([(2500 + 81 * 2) / 3481 + 0.1, (2500 + 81 * 0.5) / 3481 + 0.1], dtype=D64))
     close(c[0], sig0 / 3)
     # m=1: the single nearest head class (class 0), w = 1
-    m1, c1 = ladc_calibrate(X, stats3, HEAD, m=1, alpha=0.2, beta=1.0)
+    m1, c1 = ladc_calibrate(X, stats3, HEAD, m=1, alpha=0.2, beta=1.0, weighting="inverse_distance")
     close(m1[0], [0.0, 1.5])
     close(c1[0], 0.5 * 1.2 * torch.eye(2, dtype=D64))
 
 
+def test_ladc_calibration_defaults_to_the_printed_eq6(stats3):
+    printed = ladc_calibrate(X, stats3, HEAD, m=2, alpha=0.1, beta=0.5, weighting="printed")
+    default = ladc_calibrate(X, stats3, HEAD, m=2, alpha=0.1, beta=0.5)
+    close(default[0], printed[0])
+    close(default[1], printed[1])
+
+
 def test_ladc_average_uses_class_mean(stats3):
     # mu_2 = (1,3): sq. distances 10, 18 -> inverse weights 10, 25/9 -> 18/23, 5/23
-    m, c = ladc_average(stats3, HEAD, beta=1.0)
+    m, c = ladc_average(stats3, HEAD, beta=1.0, weighting="inverse_distance")
     assert m.shape == (1, 2)
     close(m[0], [(20 / 23 + 1) / 2, 1.5])
     close(c[0], 0.5 * torch.diag(torch.tensor([374 / 529 + 0.1, 336.5 / 529 + 0.1], dtype=D64)))
-    m_inst, c_inst = ladc_calibrate(stats3.means[2:3], stats3, HEAD, beta=1.0)
+    m_inst, c_inst = ladc_calibrate(stats3.means[2:3], stats3, HEAD, beta=1.0, weighting="inverse_distance")
     close(m, m_inst)
     close(c, c_inst)
     # n_s = class count (named variant): prior weight beta/(10+beta)
-    m10, _ = ladc_average(stats3, HEAD, beta=1.0, n_s="count")
+    m10, _ = ladc_average(stats3, HEAD, beta=1.0, n_s="count", weighting="inverse_distance")
     close(m10[0], [1 / 11 * 20 / 23 + 10 / 11, 30 / 11])
 
 

@@ -20,8 +20,8 @@ from longtail.methods.glag import (
     BetaAdapter,
     GLAGStage2Loss,
     glag_head_mask,
-    inverse_tukey,
 )
+from longtail.features.statistics import inverse_tukey
 from longtail.models.factory import build_model
 from longtail.models.heads import LinearHead, LWSHead
 from tests.test_engine import tiny_dataset as shared_tiny_dataset
@@ -326,6 +326,19 @@ def test_stage_checks_its_options(tmp_path):
     ctx, stage = _context(tmp_path, "eval.select=best_val", "data.val_per_class=8")
     with pytest.raises(ConfigError, match="eval.select=last"):
         kind.prepare(ctx, stage)
+
+
+@pytest.mark.parametrize("override, names", [
+    ("beta_init=1.5", "beta_init"), ("k=0", "options.k"), ("gamma=-0.1", "options.gamma"),
+    ("head_fraction=0", "head_fraction"), ("head_split=count", "num_head"), ("target=most", "options.target"),
+    ("dispersion=diag", "options.dispersion"), ("own_covariance=pooled", "own_covariance"),
+    ("kd_temperature=0", "kd_temperature"),
+])
+def test_stage_refuses_bad_option_values_before_training(tmp_path, override, names):
+    """Every option value is checked by ``check`` (the runner's pre-flight, before stage 1 trains)."""
+    ctx, stage = _context(tmp_path, f"stages.1.options.{override}")
+    with pytest.raises(ConfigError, match=names):
+        stage_kind("glag_afg").check(ctx, stage)
 
 
 @pytest.fixture()

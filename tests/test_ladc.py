@@ -85,10 +85,11 @@ def test_posterior_matches_a_hand_computed_case(weighting, w_a, w_b):
 def test_beta_moves_the_posterior_between_instance_and_prior():
     stats, head = hand_stats()
     x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    # beta = 3: mu' = 3/4 mu0 + 1/4 x, Sigma' = 3/4 Sigma0 (inverse distance: mu0 = (1, 0))
-    g = ladc_terms(x, stats, head, 2, 0.0, 3.0, "inverse_distance", 1.0, "identity")
-    torch.testing.assert_close(g.means[0], torch.tensor([1.0, 0.0], dtype=torch.float64))
-    sigma0 = torch.diag(torch.tensor([9 / 16 + 3 / 16, 18 / 16 + 1 / 16], dtype=torch.float64))
+    # beta = 3: mu' = 3/4 mu0 + 1/4 x, Sigma' = 3/4 Sigma0; printed weights 1/28, 27/28 give
+    # mu0 = (27/7, 0), so mu' = (81/28 + 7/28, 0) = (22/7, 0)
+    g = ladc_terms(x, stats, head, 2, 0.0, 3.0, "printed", 1.0, "identity")
+    torch.testing.assert_close(g.means[0], torch.tensor([22 / 7, 0.0], dtype=torch.float64))
+    sigma0 = torch.diag(torch.tensor([(1 + 3 * 729) / 784, (2 + 729) / 784], dtype=torch.float64))
     torch.testing.assert_close(dense(g, stats.covariances)[0], 0.75 * sigma0)
     # beta = 0: no prior, the instance itself with zero covariance
     g0 = ladc_terms(x, stats, head, 2, 0.1, 0.0, "printed", 1.0, "identity")

@@ -43,6 +43,7 @@ METHODS = {
     "lws": "CE classifier + LWS (per-class scale, class-balanced sampling)",
     "balanced_softmax": "Balanced Softmax (CE on z + log n)",
     "ladc": "CE classifier + LADC stage 2 (calibrated tail features, LWS-Plus)",
+    "ladc_class_sampling": "LADC with Eq. 13 read literally (class i drawn ~ n_1/n_i^tau; ours reads it per post)",
     "iwb": "IWB+CB: wd 1.5e-3 CE classifier + CB loss and KL on the weight norms (lambda 0.15)",
     "wd_maxnorm_cb": "WD+MaxNorm+CB: wd 1.5e-3 CE classifier + CB loss, weight decay, per-class norm cap",
     "glag": "GLAG: GraLoss classifier + AFG stage 2 (generated tail features, LWS, KD, beta on val)",

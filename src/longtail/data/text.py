@@ -25,8 +25,8 @@ Pipeline (:func:`build_newsgroups_lt`), every choice a named argument:
    generated profile in longtail; ``n_max`` = the count of the new class 0 (600,
    rec.sport.hockey). ``"alphabetical"`` keeps scikit-learn's label order (``n_max`` = 480,
    alt.atheism). Either way class ``c`` keeps ``n_c = int(n_max · (1/IF)^(c/(C−1)))`` posts
-   (:func:`longtail.data.profiles.build_profile`; default exponential, IF 100: 600, 471, 370, ...,
-   7, 6 — 2,767 posts, 8 many-, 7 medium-, 5 few-shot classes).
+   (:func:`longtail.data.profiles.build_profile`; default exponential, IF 100: 600, 470, 369, ...,
+   7, 6 — 2,755 posts, 8 many-, 7 medium-, 5 few-shot classes).
 4. **Select** the long-tailed subset with the CIFAR-LT rule (:func:`longtail.data.cifar.select_long_tailed`):
    one ``np.random.RandomState(seed)``; per class in the new label order, shuffle the class's posts
    (file order) and keep the first ``n_c`` (``rule="shuffle"``; ``"first"`` and ``"replacement"``

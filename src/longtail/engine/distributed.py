@@ -7,8 +7,9 @@ takes the same optimiser step as one process with the whole batch would (exactly
 that average over the batch and models without BatchNorm). BatchNorm statistics are per rank
 during an epoch and rank 0's are broadcast at its end (as DDP's ``broadcast_buffers``). Rank 0
 alone writes the run folder; every rank evaluates. Distributed steps run eagerly (collectives are
-not captured in the CUDA graph). Losses that keep statistics of the batches they see (Seesaw's
-counts, GHM-CWAP's histograms) see only their rank's slice.
+not captured in the CUDA graph). GHM-CWAP sums its per-epoch histograms over the ranks; Seesaw's
+cumulative counts see only their rank's slice (its mitigation uses count ratios, which the
+slices share in expectation).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Feature extraction and caching, class statistics, and feature generators (GLAG, LADC, DC)."""
 from .extract import FeatureCache, extract_features
 from .gaussian import cholesky_with_jitter, sample_factored_gaussians, sample_gaussians
-from .statistics import ClassStatistics, FactoredStatistics, tukey_transform
+from .statistics import ClassStatistics, FactoredStatistics, inverse_tukey, tukey_transform
 
 __all__ = [
     "ClassStatistics",
@@ -9,6 +9,7 @@ __all__ = [
     "FeatureCache",
     "cholesky_with_jitter",
     "extract_features",
+    "inverse_tukey",
     "sample_factored_gaussians",
     "sample_gaussians",
     "tukey_transform",

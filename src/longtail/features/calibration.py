@@ -293,7 +293,7 @@ def adapt_beta(
         beta_c <- clip(beta_c + step * sign(acc_now_c - acc_prev_c), *bounds)
 
     (a change of at most ``tolerance`` counts as no change). Default ``step = 0.05``: from the
-    initial 0.6, ten consecutive improvements reach the upper bound 1 and twelve declines reach 0,
+    initial 0.6, eight consecutive improvements reach the upper bound 1 and twelve declines reach 0,
     i.e. β can travel its whole range within the paper's 40 stage-2 epochs, while one noisy epoch
     moves it by only 5% of the mixing weight.
 
@@ -364,7 +364,7 @@ def ladc_calibration_terms(
     m: int = 2,
     alpha: float = 0.1,
     beta: float = 1.0,
-    weighting: str = "inverse_distance",
+    weighting: str = "printed",
     n_s: float | torch.Tensor = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """LADC's calibrated Gaussians (Eq. 4-12, :func:`ladc_calibrate`) in factored form.
@@ -428,7 +428,7 @@ def ladc_calibrate(
     m: int = 2,
     alpha: float = 0.1,
     beta: float = 1.0,
-    weighting: str = "inverse_distance",
+    weighting: str = "printed",
     n_s: float = 1.0,
     dispersion: str = "identity",
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -448,14 +448,15 @@ def ladc_calibrate(
 
     ``weighting``:
 
-    * ``"inverse_distance"`` (default): ``w_i ∝ n_i / ||mu_i - x̂||^2``, normalised over S.
-    * ``"printed"``: Eq. 6 as printed, ``w_i = n_i ||mu_i - x̂||^2 / sum_j n_j ||mu_j - x̂||^2``.
+    * ``"printed"`` (default): Eq. 6 as printed, ``w_i = n_i ||mu_i - x̂||^2 / sum_j n_j ||mu_j - x̂||^2``.
+    * ``"inverse_distance"``: ``w_i ∝ n_i / ||mu_i - x̂||^2`` (inverse *squared* distance),
+      normalised over S.
 
-    Why the default departs from the printed equation: the paper states that ``w`` "is designed
-    to impose tail classes to learn more from head classes that are more abundant and more
-    similar", but the printed Eq. 6 gives *more* weight to the *farther* (less similar) head
-    class. The inverse-distance form is the one consistent with that sentence (and with GLAG,
-    which builds on LADC and weights by ``n_j / d_ij``). Both forms agree on abundance (∝ n_i).
+    Why both: the paper states that ``w`` "is designed to impose tail classes to learn more from
+    head classes that are more abundant and more similar", but the printed Eq. 6 gives *more*
+    weight to the *farther* (less similar) head class. The inverse-distance form is the reading
+    consistent with that sentence; the printed form is the default because it is the paper's
+    equation. Both agree on abundance (∝ n_i).
 
     Args:
         features: ``[M, D]`` tail instances (same transform as the statistics).
@@ -476,7 +477,7 @@ def ladc_average(
     m: int = 2,
     alpha: float = 0.1,
     beta: float = 1.0,
-    weighting: str = "inverse_distance",
+    weighting: str = "printed",
     n_s: float | str = 1.0,
     dispersion: str = "identity",
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,10 +27,12 @@ import torch
 
 from ..errors import DataError
 
-__all__ = ["tukey_transform", "ClassStatistics", "FactoredStatistics"]
+__all__ = ["tukey_transform", "inverse_tukey", "ClassStatistics", "FactoredStatistics"]
+
+TUKEY_EPS = 1e-6  # keeps log(0) finite for lam = 0
 
 
-def tukey_transform(x: torch.Tensor, lam: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
+def tukey_transform(x: torch.Tensor, lam: float = 0.5, eps: float = TUKEY_EPS) -> torch.Tensor:
     """Tukey's ladder of powers (Tukey 1977), as used by DC, GLAG and LADC before Gaussian fitting.
 
     ``x -> x ** lam`` for ``lam > 0`` and ``x -> log(x + eps)`` for ``lam == 0``
@@ -78,6 +80,17 @@ class _PerClass:
     @property
     def device(self) -> torch.device:
         return self.means.device
+
+
+def inverse_tukey(u: torch.Tensor, lam: float, eps: float = TUKEY_EPS) -> torch.Tensor:
+    """Back from Tukey space (the inverse of :func:`tukey_transform`, for generated features):
+    ``max(u, 0)^(1/lam)`` (``lam > 0``), ``max(exp(u) - eps, 0)`` (``lam = 0``), identity
+    (``lam = 1``). Negative draws map to 0, the floor of ReLU features."""
+    if lam == 1:
+        return u
+    if lam == 0:
+        return (torch.exp(u) - eps).clamp(min=0.0)
+    return u.clamp(min=0.0).pow(1.0 / lam)
 
 
 @dataclass

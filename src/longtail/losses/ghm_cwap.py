@@ -94,8 +94,10 @@ import math
 from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .base import LOSSES, Loss, counts_tensor
 
 _REGIONS = ("aura", "ura")
@@ -180,24 +182,24 @@ class GHMCWAPLoss(Loss):
         super().__init__()
         counts = counts_tensor(class_counts)
         if int(num_regions) != num_regions or num_regions < 1:
-            raise ValueError(f"num_regions must be a positive integer, got {num_regions!r}")
+            raise ConfigError(f"num_regions must be a positive integer, got {num_regions!r}")
         if not alpha >= 0:
-            raise ValueError(f"alpha must be >= 0 (paper: 0.9), got {alpha!r}")
+            raise ConfigError(f"alpha must be >= 0 (paper: 0.9), got {alpha!r}")
         if not gamma >= 0:
-            raise ValueError(f"gamma must be >= 0 (paper: 0.8), got {gamma!r}")
+            raise ConfigError(f"gamma must be >= 0 (paper: 0.8), got {gamma!r}")
         if regions not in _REGIONS:
-            raise ValueError(f"regions must be one of {_REGIONS}, got {regions!r}")
+            raise ConfigError(f"regions must be one of {_REGIONS}, got {regions!r}")
         if warm_start not in _WARM_STARTS:
-            raise ValueError(f"warm_start must be one of {_WARM_STARTS}, got {warm_start!r}")
+            raise ConfigError(f"warm_start must be one of {_WARM_STARTS}, got {warm_start!r}")
         if not isinstance(normalize_weights, (bool, str)) or normalize_weights not in _NORMALIZE:
-            raise ValueError(
+            raise ConfigError(
                 "normalize_weights must be True/'batch', 'class' or False/'none', "
                 f"got {normalize_weights!r}"
             )
         if grad_norm not in _GRAD_NORMS:
-            raise ValueError(f"grad_norm must be one of {_GRAD_NORMS}, got {grad_norm!r}")
+            raise ConfigError(f"grad_norm must be one of {_GRAD_NORMS}, got {grad_norm!r}")
         if not aura_floor > 1:
-            raise ValueError(f"aura_floor must be > 1 so that log(floor) > 0, got {aura_floor!r}")
+            raise ConfigError(f"aura_floor must be > 1 so that log(floor) > 0, got {aura_floor!r}")
 
         self.num_classes = int(counts.numel())
         self.num_regions = int(num_regions)
@@ -289,8 +291,12 @@ class GHMCWAPLoss(Loss):
         """End of an epoch: hist_cur -> hist_prev, AURA widths (Algorithm 1), reset hist_cur.
 
         Vectorised over classes, no host synchronisation. Classes without any example this
-        epoch keep their previous histogram and boundaries, so a second call is a no-op.
+        epoch keep their previous histogram and boundaries, so a second call is a no-op. Under
+        data parallelism the ranks' counts are summed first, so every rank rolls the histogram
+        of the whole epoch (AURA's widths depend on the absolute counts).
         """
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.hist_cur)
         seen = (self.hist_cur.sum(1) > 0)[:, None]
         new_prev_edges = torch.where(seen, self.edges_cur, self.edges_prev)
         if self.regions == "aura":

@@ -104,7 +104,7 @@ from ..engine.trainer import StagePlan
 from ..errors import ConfigError, DataError
 from ..features.calibration import adapt_beta, glag_calibrate, glag_calibration_terms, head_tail_split, init_beta
 from ..features.gaussian import sample_factored_gaussians
-from ..features.statistics import FactoredStatistics, tukey_transform
+from ..features.statistics import FactoredStatistics, inverse_tukey, tukey_transform
 from ..losses.distillation import DistillationLoss
 from ..losses.gradual import gradual_alpha
 from ..models.heads import FrozenBaseHead
@@ -113,7 +113,6 @@ from ..registry import closest
 __all__ = [
     "DEFAULTS",
     "glag_head_mask",
-    "inverse_tukey",
     "AdaptiveFeatureGenerator",
     "AFGSource",
     "GLAGStage2Loss",
@@ -188,6 +187,25 @@ def _options(stage: StageConfig) -> dict[str, Any]:
         raise ConfigError(f"options.beta_step must be >= 0, got {opts['beta_step']}")
     if float(opts["tukey_lambda"]) < 0:
         raise ConfigError(f"options.tukey_lambda must be >= 0 (0.5 default, 1 = no transform), got {opts['tukey_lambda']}")
+    if not lo <= float(opts["beta_init"]) <= hi:
+        raise ConfigError(f"options.beta_init must lie within options.beta_bounds {opts['beta_bounds']}, got {opts['beta_init']}")
+    if isinstance(opts["k"], bool) or not isinstance(opts["k"], int) or opts["k"] < 1:
+        raise ConfigError(f"options.k (nearest richer classes) must be a positive integer (paper: 2 or 3), got {opts['k']!r}")
+    if float(opts["gamma"]) < 0:
+        raise ConfigError(f"options.gamma (added variance) must be >= 0 (paper: 0 or 0.1), got {opts['gamma']}")
+    if not 0.0 < float(opts["head_fraction"]) <= 1.0:
+        raise ConfigError(f"options.head_fraction must be in (0, 1], got {opts['head_fraction']}")
+    if opts["head_split"] == "count" and not opts["num_head"]:
+        raise ConfigError("options.head_split=count needs options.num_head (the number of head classes)")
+    target = opts["target"]
+    if target != "max" and (isinstance(target, bool) or not isinstance(target, int) or target < 1):
+        raise ConfigError(f"options.target must be 'max' or a positive integer, got {target!r}")
+    if opts["dispersion"] not in ("identity", "all"):
+        raise ConfigError(f"options.dispersion must be 'identity' or 'all', got {opts['dispersion']!r}")
+    if opts["own_covariance"] not in ("class", "none"):
+        raise ConfigError(f"options.own_covariance must be 'class' or 'none', got {opts['own_covariance']!r}")
+    if not float(opts["kd_temperature"]) > 0:
+        raise ConfigError(f"options.kd_temperature must be > 0 (default 2), got {opts['kd_temperature']}")
     return opts
 
 
@@ -221,16 +239,6 @@ def glag_head_mask(
         mask[order[: int(num_head)]] = True
         return mask
     raise ConfigError(f"head_split={split!r} is not one of {list(HEAD_SPLITS)}")
-
-
-def inverse_tukey(u: torch.Tensor, lam: float, eps: float = 1e-6) -> torch.Tensor:
-    """Back from Tukey space: ``max(u, 0)^(1/lam)`` (``lam > 0``), ``max(exp(u) - eps, 0)``
-    (``lam = 0``), identity (``lam = 1``). Negative draws map to 0, the floor of ReLU features."""
-    if lam == 1:
-        return u
-    if lam == 0:
-        return (torch.exp(u) - eps).clamp(min=0.0)
-    return u.clamp(min=0.0).pow(1.0 / lam)
 
 
 class AdaptiveFeatureGenerator:

@@ -50,10 +50,9 @@ Options (``stages[i].options``; the default first):
   w_i = n_i‖μ_i − x̂‖² / Σ_j n_j‖μ_j − x̂‖²: it gives the *farther* of the m nearest head classes the
   larger weight, while the text says w is "designed to impose tail classes to learn more from head
   classes that are more abundant and more similar". ``inverse_distance`` (w_i ∝ n_i / ‖μ_i − x̂‖²)
-  is the reading consistent with that sentence (and the default of the shared calibration module,
-  which GLAG also uses). The printed form is this stage's default because the issue asks for the
-  paper as printed; the inverse-distance reading is the named alternative. Both agree on
-  abundance (∝ n_i).
+  is the reading consistent with that sentence. The printed form is the default (here and in
+  :mod:`longtail.features.calibration`) because it is the paper's equation; the inverse-distance
+  reading is the named alternative. Both agree on abundance (∝ n_i).
 * ``sampling_level``: ``instance`` (default) | ``class``. Eq. 13 is printed as "the sampling
   probability of each class", P_i = (n_1/n_i^τ) / Σ_j (n_1/n_j^τ). Taken literally (``class``) the
   epoch's label distribution is the training distribution *inverted* and sharpened: with τ = 1.2
@@ -130,7 +129,7 @@ from ..features.calibration import (
     ladc_calibration_terms,
 )
 from ..features.gaussian import sample_factored_gaussians, sample_gaussians
-from ..features.statistics import ClassStatistics, FactoredStatistics, tukey_transform
+from ..features.statistics import ClassStatistics, FactoredStatistics, inverse_tukey, tukey_transform
 from ..registry import closest
 
 __all__ = ["LADCOptions", "FactoredGaussians", "LADCSampler", "CalibratedFeatureSource", "LADCStage"]
@@ -141,7 +140,9 @@ SAMPLERS = ("factored", "cholesky")
 
 @dataclass
 class LADCOptions:
-    """The ``ladc`` stage's options (module docstring); paper defaults."""
+    """The ``ladc`` stage's options (module docstring). Paper values: ``head_fraction``, ``n_s``;
+    ``m``, ``alpha``, ``beta``, ``tau`` are picks inside the paper's ranges; ``sampling_level``
+    is our documented reading of Eq. 13."""
 
     calibration: str = "instance"
     head_fraction: float = 0.6
@@ -184,8 +185,15 @@ class LADCOptions:
                 raise ConfigError(f"ladc option {key}={value!r}{closest(str(value), allowed)} is not one of {list(allowed)}")
         if opts.m < 1:
             raise ConfigError(f"ladc option m must be >= 1, got {opts.m}")
-        if opts.alpha < 0 or opts.dc_alpha < 0 or opts.beta < 0 or opts.n_s <= 0:
-            raise ConfigError("ladc options alpha, dc_alpha, beta must be >= 0 and n_s > 0")
+        for key in ("m", "alpha", "beta", "tau", "n_s", "dc_alpha", "head_fraction", "tukey_lambda"):
+            value = getattr(opts, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"ladc option {key} must be a number, got {value!r}")
+        for key in ("alpha", "dc_alpha", "beta"):
+            if getattr(opts, key) < 0:
+                raise ConfigError(f"ladc option {key} must be >= 0, got {getattr(opts, key)}")
+        if opts.n_s <= 0:
+            raise ConfigError(f"ladc option n_s must be > 0, got {opts.n_s}")
         if opts.tukey_lambda < 0:
             raise ConfigError(f"ladc option tukey_lambda must be >= 0, got {opts.tukey_lambda}")
         if opts.samples_per_epoch is not None and opts.samples_per_epoch < 1:
@@ -311,15 +319,7 @@ class LADCSampler:
             drawn = torch.cat(parts)
         z = torch.empty_like(drawn)  # drawn is grouped by row, in row order
         z[torch.argsort(inverse, stable=True)] = drawn
-        return self._inverse_tukey(z).to(self.features.dtype)
-
-    def _inverse_tukey(self, z: torch.Tensor) -> torch.Tensor:
-        lam = self.opts.tukey_lambda
-        if lam == 1:
-            return z
-        if lam == 0:  # tukey_transform(lam=0) is log(x + 1e-6)
-            return (z.exp() - 1e-6).clamp(min=0)
-        return z.clamp(min=0).pow(1.0 / lam)
+        return inverse_tukey(z, self.opts.tukey_lambda).to(self.features.dtype)
 
     def draw_epoch(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(features [S, D], labels [S], generated [S] bool)`` for one epoch (eager, on the device)."""
@@ -399,7 +399,8 @@ class LADCStage(StageKind):
         if stage.features != "cached":
             raise ConfigError(f"stage {stage.name!r} (kind ladc) works on cached features: set features: cached")
         if stage.mixing or stage.max_norm:
-            raise ConfigError(f"stage {stage.name!r} (kind ladc) supports neither mixing nor max_norm")
+            raise ConfigError(f"stage {stage.name!r} (kind ladc) supports neither mixing nor max_norm: "
+                              "remove them from the stage")
         LADCOptions.from_options(stage.options)  # a typo fails here, not after stage 1
 
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
