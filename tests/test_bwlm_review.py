@@ -82,6 +82,15 @@ def test_bad_options_fail_before_stage1_trains(tmp_path, fake_data, bad):
     assert not list(tmp_path.rglob("stage0_*.pt")), "stage 1 trained before the option was checked"
 
 
+def test_both_stages_must_use_one_number_of_head_classes(tmp_path, fake_data):
+    """Eq. 2-3 use one m: stage 1's head classes and the review set's must agree."""
+    with pytest.raises(ConfigError, match="num_head_classes"):
+        runner.run_config(tiny_config(tmp_path, "stages.0.options.num_head_classes=1"))
+    assert not list(tmp_path.rglob("stage0_*.pt"))
+    with pytest.raises(ConfigError, match="num_head_classes"):
+        runner.run_config(tiny_config(tmp_path, "stages.1.options.num_head_classes=1"))
+
+
 def test_every_ablation_row_and_variant_has_a_config_for_cifar10_and_cifar100():
     for folder in ("cifar10_lt", "cifar100_lt"):
         for method in ROWS + ["bwlm_naive", "bwlm_stage1_all"]:

@@ -206,6 +206,8 @@ def test_iwb_recipes(method):
     assert s2.train == ("all" if method in ("iwb_whole_network", "iwb_code") else "head")
     expected = {**IWB_PAPER, **IWB_VARIANTS[method]}
     assert {k: s2.loss[k] for k in expected} == expected
+    if s2.loss["base"] != "ce":  # the CB beta is written out, as in the WD+MaxNorm+CB baseline
+        assert s2.loss["base_options"] == {"beta": 0.9999}
 
 
 def test_iwb_end_to_end_binds_the_head_and_freezes_the_encoder(tmp_path):

@@ -162,6 +162,15 @@ class BWLMReviewStage(SupervisedStage):
         _check_options(stage, REVIEW_OPTIONS)
         bwlm_head_classes(ctx.class_counts, _num_head_classes(stage))
         _loss_counts(stage)
+        for earlier in ctx.config.stages:
+            if earlier is stage:
+                break
+            if earlier.kind == "bwlm_head_classes" and _num_head_classes(earlier) != _num_head_classes(stage):
+                raise ConfigError(
+                    f"stage {stage.name!r}: options.num_head_classes ({_num_head_classes(stage)}) differs from stage "
+                    f"{earlier.name!r}'s ({_num_head_classes(earlier)}); BWLM's m is one number for both stages "
+                    "(Eq. 2-3): set both, or neither (default C // 2)"
+                )
         streamed = isinstance(ctx.splits["train"][0], FileSplit)
         if stage.options.get("resample_each_epoch", False) and streamed and not (
             stage.train == "head" and stage.features == "cached"
