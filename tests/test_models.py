@@ -173,7 +173,8 @@ def test_ncm_head_from_features():
     assert torch.allclose(cos.class_weight(), torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
     assert torch.allclose(cos(x), torch.tensor([[2 / math.sqrt(5), 1 / math.sqrt(5)]]))
     euc = NCMHead.from_features(features, labels, 2, metric="euclidean")
-    assert torch.allclose(euc(x), torch.tensor([[-1.0, -math.sqrt(5)]]))
+    # on unit vectors: x̂ = (2, 1)/√5, μ̂ = (1, 0), (0, 1): ‖x̂ − μ̂‖² = 2 − 4/√5 and 2 − 2/√5
+    assert torch.allclose(euc(x), -torch.tensor([[2 - 4 / math.sqrt(5), 2 - 2 / math.sqrt(5)]]).sqrt())
     with pytest.raises(DataError, match=r"empty classes \[2\]"):
         NCMHead.from_features(features, labels, 3)
     with pytest.raises(ConfigError, match="metric"):

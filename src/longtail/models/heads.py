@@ -172,8 +172,9 @@ class TauNormHead(FrozenBaseHead):
 
 @HEADS.register("ncm")
 class NCMHead(Head):
-    """Nearest class mean (Kang et al. 2020): z_c = cos(x, μ_c) (``metric="cosine"``) or
-    z_c = −‖x − μ_c‖₂ (``metric="euclidean"``), μ_c the mean training feature of class c.
+    """Nearest class mean (Kang et al. 2020, Sec. 4): z_c = cos(x, μ_c) (``metric="cosine"``) or
+    z_c = −‖x̂ − μ̂_c‖₂ (``metric="euclidean"``, "the Euclidean distance computed on L2 normalized
+    mean features": x̂ = x/‖x‖, μ̂_c = μ_c/‖μ_c‖), μ_c the mean training feature of class c.
 
     The means are a buffer (saved in checkpoints). ``class_weight()`` returns the means.
     """
@@ -211,7 +212,7 @@ class NCMHead(Head):
         x = x.to(self.class_means.dtype)
         if self.metric == "cosine":
             return F.linear(F.normalize(x, dim=1), F.normalize(self.class_means, dim=1))
-        return -torch.cdist(x, self.class_means)
+        return -torch.cdist(F.normalize(x, dim=1), F.normalize(self.class_means, dim=1))
 
     def class_weight(self) -> torch.Tensor:
         return self.class_means
