@@ -402,3 +402,13 @@ def test_resume_inside_stage_two_continues_beta_and_training_exactly(tmp_path, f
     a = torch.load(tmp_path / "whole" / "glag" / "seed0" / "stage1_afg.pt")["model"]["head.scale"]
     b = torch.load(tmp_path / "split" / "glag" / "seed0" / "stage1_afg.pt")["model"]["head.scale"]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("override, names", [
+    ("stages.1.mixing={name: mixup, alpha: 1.0}", "mixing"),
+    ("stages.1.loss.label_smothing=0.1", "label_smoothing"),
+])
+def test_stage_refuses_unsupported_stage_settings_before_training(tmp_path, override, names):
+    ctx, stage = _context(tmp_path, override)
+    with pytest.raises(ConfigError, match=names):
+        stage_kind("glag_afg").check(ctx, stage)

@@ -74,6 +74,9 @@ class ScheduleConfig:
     final_lr: float = 0.0  # cosine: value reached after the last epoch
 
 
+AugmentSpec = str | dict[str, Any]  # an augment name, or {name: ..., **policy options}
+
+
 @dataclass
 class StageConfig:
     """One stage of a run: what is trained, on what, with which loss and schedule."""
@@ -89,7 +92,8 @@ class StageConfig:
     features: str = "cached"  # frozen-encoder stages: cached (no augmentation) | online
     loss: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "instance"})
-    augment: str = "crop_flip"  # crop_flip | none | randaugment | autoaugment
+    # crop_flip | none | randaugment | autoaugment, or a mapping with options: {name: randaugment, num_ops: 2}
+    augment: AugmentSpec = "crop_flip"
     mixing: dict[str, Any] | None = None  # {name: mixup|remix, ...}
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -151,6 +155,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     tp = _strip_optional(tp)
     if value is None:
         return None
+    if tp == AugmentSpec:  # a name, or a mapping with a name and the policy's options
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            return dict(value)
+        raise ConfigError(
+            f"{where} must be an augment name or a mapping with a name (e.g. {{name: randaugment, num_ops: 2}}), "
+            f"got {value!r}"
+        )
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")

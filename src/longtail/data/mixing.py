@@ -9,11 +9,14 @@ or ``generator``).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import inspect
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from ..losses.base import Loss
+from ..registry import closest
 
 
 class MixedBatch(NamedTuple):
@@ -32,14 +35,23 @@ def _beta(alpha: float, n: int, generator: torch.Generator | None, device: torch
     return gamma[:, 0] / (gamma[:, 0] + gamma[:, 1]).clamp_min(torch.finfo(gamma.dtype).tiny)
 
 
+def _check_alpha(alpha: float) -> None:
+    if not alpha > 0:
+        raise ConfigError(f"alpha must be > 0, got {alpha}; to train without mixing, leave out the stage's mixing")
+
+
+def _check_kappa(kappa: float) -> None:
+    if kappa < 1:
+        raise ConfigError(f"Remix kappa must be >= 1 (a class-count ratio), got {kappa}")
+
+
 def _mix(
     x: torch.Tensor, alpha: float, per_sample: bool, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mixed inputs λ·x + (1−λ)·x[perm], the permutation and λ ``[B]``."""
     if not x.is_floating_point():
         raise TypeError(f"mixing needs floating-point inputs, got {x.dtype}; normalize the images first")
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}; to train without mixing, do not call it")
+    _check_alpha(alpha)
     batch = x.shape[0]
     perm = torch.randperm(batch, generator=generator, device=x.device)
     lam = _beta(alpha, batch if per_sample else 1, generator, x.device).expand(batch)
@@ -102,8 +114,7 @@ def remix(
     ``class_counts``: training count per class; pass a tensor on ``x``'s device (e.g. a
     module buffer) inside captured CUDA graphs — a list is copied to the device each call.
     """
-    if kappa < 1:
-        raise ValueError(f"Remix kappa must be >= 1 (a class-count ratio), got {kappa}")
+    _check_kappa(kappa)
     counts = torch.as_tensor(class_counts, device=x.device)
     mixed, perm, lam_x = _mix(x, alpha, per_sample, generator)
     y_b = y[perm]
@@ -116,3 +127,21 @@ def mixed_loss(loss_fn: Loss, logits: torch.Tensor, batch: MixedBatch) -> torch.
     the mixup objective λ·ℓ(z, y_a) + (1−λ)·ℓ(z, y_b), per sample, averaged over the batch."""
     lam = batch.lam.to(logits.dtype)
     return loss_fn(logits, batch.y_a, sample_weight=lam) + loss_fn(logits, batch.y_b, sample_weight=1 - lam)
+
+
+def check_mixing(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(name, options)`` of a mixing spec ``{name: mixup | remix, **options}``, validated: an unknown
+    scheme or option name, α ≤ 0 or κ < 1 raise a ConfigError (``generator`` is not a config option)."""
+    options = dict(spec)
+    name = options.pop("name", None)
+    schemes = {"mixup": mixup, "remix": remix}
+    if name not in schemes:
+        raise ConfigError(f"unknown mixing {name!r}{closest(str(name), schemes)}; valid: mixup, remix")
+    valid = [p for p in inspect.signature(schemes[name]).parameters if p not in ("x", "y", "class_counts", "generator")]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"unknown option {key!r} for mixing {name!r}{closest(key, valid)}; valid: {', '.join(valid)}")
+    _check_alpha(options.get("alpha", 1.0))
+    if name == "remix":
+        _check_kappa(options.get("kappa", 3.0))
+    return name, options

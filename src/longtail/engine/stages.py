@@ -28,15 +28,16 @@ from ..config import RunConfig, StageConfig
 from ..data.dataset import LongTailedDataset
 from ..data.files import FileDataset, FileSplit
 from ..data.gpu_augment import AutoAugment, RandAugment, random_crop_flip
-from ..data.mixing import mixed_loss, mixup, remix
+from ..data.mixing import check_mixing, mixed_loss, mixup, remix
 from ..data.sampling import build_sampler
 from ..errors import ConfigError
 from ..features.extract import extract_features
-from ..losses import build_loss
+from ..losses import LOSSES, build_loss
+from ..losses.base import check_loss_options
 from ..losses.logit_adjust import posthoc_logit_adjustment
 from ..models.factory import LTModel
-from ..models.heads import HEADS, FrozenBaseHead, Head, NCMHead, TauNormHead
-from ..registry import Registry
+from ..models.heads import HEADS, FrozenBaseHead, Head, LinearHead, NCMHead, TauNormHead
+from ..registry import Registry, closest
 from .device import Runtime
 from .file_source import LoaderSource, eval_batches
 from .maxnorm import MaxNorm
@@ -94,7 +95,12 @@ class StageKind:
     trains: bool = True
 
     def check(self, ctx: RunContext, stage: StageConfig) -> None:
-        """Raise a ConfigError naming the fix if the stage cannot run on this run's data."""
+        """Raise a ConfigError naming the fix if the stage cannot run on this run's data.
+
+        The base checks a training stage's loss and mixing specs (:func:`check_stage_specs`);
+        overrides call ``super().check`` to keep that."""
+        if self.trains:
+            check_stage_specs(stage)
 
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
         if stage.head:
@@ -117,15 +123,71 @@ def make_head(kind: str, current: Head, options: dict[str, Any]) -> Head:
     return cls.build(current.in_dim, current.num_classes, **options)
 
 
-def _augment(name: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def check_stage_specs(stage: StageConfig) -> None:
+    """Option names of the stage's loss and mixing specs (nothing is built), so that a typo in a
+    later stage fails before stage 1 trains."""
+    options = dict(stage.loss)
+    name = str(options.pop("name", None))
+    try:
+        if name not in LOSSES:
+            raise ConfigError(f"unknown loss {name!r}{closest(name, LOSSES.names())}; valid: {', '.join(LOSSES.names())}")
+        check_loss_options(name, options)
+        if stage.mixing:
+            check_mixing(stage.mixing)
+    except ConfigError as err:
+        raise ConfigError(f"stage {stage.name!r}: {err}") from None
+
+
+def check_max_norm(ctx: RunContext, stage: StageConfig) -> None:
+    """Refuse ``max_norm`` unless the stage trains a linear head: MaxNorm caps the rows of
+    ``fc.weight`` in place, and other heads' ``class_weight()`` is a fresh tensor (the cap would
+    do nothing). The head is the stage's ``head``, else the last one an earlier stage set, else
+    ``model.head``."""
+    if stage.max_norm is None:
+        return
+    earlier = ctx.config.stages[: next((i for i, s in enumerate(ctx.config.stages) if s is stage), 0)]
+    kind = stage.head or next((s.head for s in reversed(earlier) if s.head), ctx.config.model.head)
+    if not issubclass(HEADS.get(kind), LinearHead):
+        raise ConfigError(
+            f"stage {stage.name!r}: max_norm caps the rows of a linear head's weight; use head: linear "
+            f"(the stage's head is {kind!r}), or remove max_norm"
+        )
+
+
+AUGMENT_POLICIES = {"randaugment": RandAugment, "autoaugment": AutoAugment}
+
+
+def _augment_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(name, options)`` of an augment given by name or as ``{name: ..., **options}``, validated."""
+    options = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = str(options.pop("name", None))
+    names = ["none", "crop_flip", *AUGMENT_POLICIES]
+    if name not in names:
+        raise ConfigError(f"unknown augment {name!r}{closest(name, names)}; valid: {', '.join(names)}")
+    valid = list(inspect.signature(AUGMENT_POLICIES[name]).parameters) if name in AUGMENT_POLICIES else []
+    for key in options:
+        if key not in valid:
+            raise ConfigError(
+                f"unknown option {key!r} for augment {name!r}{closest(key, valid)}; valid: {', '.join(valid) or '(none)'}"
+            )
+    return name, options
+
+
+def _augment(spec: str | dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The GPU augmentation ``spec``: ``none``, ``crop_flip`` (random crop of the padded image +
+    horizontal flip), or ``randaugment`` / ``autoaugment``, by name or as a mapping with the
+    policy's options (:class:`RandAugment`: num_ops, magnitude, num_magnitude_bins,
+    interpolation; :class:`AutoAugment`: policy cifar10 | imagenet | svhn, interpolation).
+    Order: the policy is applied first, then random crop + flip."""
+    name, options = _augment_spec(spec)
     if name == "none":
         return None
     if name == "crop_flip":
         return random_crop_flip
-    policies = {"randaugment": RandAugment, "autoaugment": AutoAugment}
-    if name not in policies:
-        raise ConfigError(f"unknown augment {name!r}; valid: none, crop_flip, randaugment, autoaugment")
-    policy = policies[name]().to(device)
+    try:
+        policy = AUGMENT_POLICIES[name](**options).to(device)
+    except ValueError as err:
+        raise ConfigError(f"augment {name!r}: {err}") from None
     return lambda x: random_crop_flip(policy(x))
 
 
@@ -144,14 +206,11 @@ def build_stage_loss(ctx: RunContext, spec: dict[str, Any]) -> nn.Module:
 def _mixer(ctx: RunContext, spec: dict[str, Any] | None):
     if not spec:
         return None
-    options = dict(spec)
-    name = options.pop("name", None)
+    name, options = check_mixing(spec)
     if name == "mixup":
         return lambda x, y: mixup(x, y, **options)
-    if name == "remix":
-        counts = ctx.counts_tensor()
-        return lambda x, y: remix(x, y, counts, **options)
-    raise ConfigError(f"unknown mixing {name!r}; valid: mixup, remix")
+    counts = ctx.counts_tensor()
+    return lambda x, y: remix(x, y, counts, **options)
 
 
 def make_plan(
@@ -196,11 +255,24 @@ class SupervisedStage(StageKind):
     """Gradient-descent training on real data: the whole network, or the head on a frozen encoder."""
 
     def check(self, ctx: RunContext, stage: StageConfig) -> None:
+        super().check(ctx, stage)
         if stage.options.get("shift_bn") and (stage.train != "head" or stage.features != "online"):
             raise ConfigError(
                 f"stage {stage.name!r}: options.shift_bn re-estimates the frozen encoder's BatchNorm statistics "
                 "on the stage's own batches; it needs train: head and features: online"
             )
+        check_max_norm(ctx, stage)
+        if not (stage.train == "head" and stage.features == "cached"):  # the stage augments its images
+            try:
+                name, options = _augment_spec(stage.augment)
+                _augment(stage.augment, torch.device("cpu"))  # values too (e.g. magnitude, policy)
+            except ConfigError as err:
+                raise ConfigError(f"stage {stage.name!r}: {err}") from None
+            if options and isinstance(ctx.splits["train"][0], FileSplit):
+                raise ConfigError(
+                    f"stage {stage.name!r}: augment options apply to in-memory images and this run streams its "
+                    f"images from disk: give the augment by name (augment: {name})"
+                )
 
     def training_data(self, ctx: RunContext, stage: StageConfig, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The stage's training inputs and labels (subclasses may select a subset)."""
@@ -224,7 +296,8 @@ class SupervisedStage(StageKind):
             stage.epochs = -(-stage.iterations // -(-len(labels) // min(stage.batch_size, len(labels))))
         if isinstance(inputs, FileSplit):  # images streamed from disk
             source = LoaderSource(
-                inputs, strategy, stage.batch_size, stage.epochs, runtime, stage.augment, ctx.dataset.mean, ctx.dataset.std
+                inputs, strategy, stage.batch_size, stage.epochs, runtime, _augment_spec(stage.augment)[0],
+                ctx.dataset.mean, ctx.dataset.std,
             )
         else:
             source = DeviceSource(
@@ -294,11 +367,20 @@ class TauNormStage(StageKind):
     """Post-hoc tau-normalisation (Kang et al. 2020): W_c / ||W_c||^tau.
 
     ``options.tau``: a fixed tau; otherwise tau is chosen on the validation split from
-    ``options.grid`` (default 0, 0.1, ..., 2.0). Without a validation split and without a fixed
-    tau this is an error: tau is never chosen on the test set.
+    ``options.grid`` (default 0, 0.1, ..., 2.0): the tau of the best balanced validation accuracy,
+    ties going to the smaller tau; it is recorded as ``options.chosen_tau``. Without a validation
+    split and without a fixed tau this is an error, raised before stage 1 trains: tau is never
+    chosen on the test set.
     """
 
     trains = False
+
+    def check(self, ctx: RunContext, stage: StageConfig) -> None:
+        if "tau" not in stage.options and "val" not in ctx.splits:
+            raise ConfigError(
+                f"stage {stage.name!r}: tau_norm chooses tau on the validation split and this run has none: "
+                "set data.val_per_class > 0 (e.g. data.val_per_class=20) or give a fixed tau (stages.N.options.tau=1.0)"
+            )
 
     def prepare(self, ctx: RunContext, stage: StageConfig) -> None:
         ctx.model.replace_head(make_head("tau_norm", ctx.model.head, {}).to(ctx.runtime.device))
@@ -308,14 +390,10 @@ class TauNormStage(StageKind):
         if "tau" in stage.options:
             head.set_tau(float(stage.options["tau"]))
             return None
-        if "val" not in ctx.splits:
-            raise ConfigError(
-                "tau_norm chooses tau on the validation split: set data.val_per_class > 0 "
-                "or give a fixed tau (stages.N.options.tau=1.0)"
-            )
+        self.check(ctx, stage)
         grid = stage.options.get("grid", [round(0.1 * i, 1) for i in range(21)])
         feats, labels = ctx.features("val"), ctx.splits["val"][1]
-        best = max(grid, key=lambda tau: (_set_tau_and_score(head, tau, feats, labels), -tau))
+        best = max(grid, key=lambda tau: (_set_tau_and_score(head, tau, feats, labels), -tau))  # ties: smaller tau
         head.set_tau(best)
         stage.options["chosen_tau"] = best
         return None

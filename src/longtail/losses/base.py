@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..registry import Registry
+from ..errors import ConfigError
+from ..registry import Registry, closest
 
 LOSSES = Registry("loss")
 
@@ -52,9 +53,35 @@ class Loss(nn.Module):
         """Hook called after each epoch. Default: nothing changes."""
 
 
+def loss_options(name: str, options: Mapping[str, Any] | None = None) -> list[str] | None:
+    """The option names loss ``name`` takes (``class_counts`` comes from the run); a loss that
+    wraps a base loss by name (``base``, e.g. ``drw``) also takes the base's. ``None``: any."""
+    params = inspect.signature(LOSSES.get(name)).parameters
+    names = {p for p, v in params.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)} - {"class_counts"}
+    if any(v.kind is v.VAR_KEYWORD for v in params.values()):
+        base = (options or {}).get("base", params["base"].default if "base" in params else None)
+        base_names = loss_options(base) if isinstance(base, str) else None
+        if base_names is None:
+            return None
+        names |= set(base_names)
+    return sorted(names)
+
+
+def check_loss_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise a ConfigError naming the closest valid option for an option loss ``name`` does not take."""
+    valid = loss_options(name, options)
+    for key in options:
+        if valid is not None and key not in valid:
+            raise ConfigError(
+                f"unknown option {key!r} for loss {name!r}{closest(key, valid)}; valid: {', '.join(valid) or '(none)'}"
+            )
+
+
 def build_loss(name: str, class_counts: Sequence[int] | None = None, **options: Any) -> Loss:
-    """Build a registered loss; ``class_counts`` goes to constructors that take it."""
+    """Build a registered loss; ``class_counts`` goes to constructors that take it. Option names are
+    checked first (:func:`check_loss_options`)."""
     factory = LOSSES.get(name)
+    check_loss_options(name, options)
     if "class_counts" in inspect.signature(factory).parameters:
         if class_counts is None:
             raise ValueError(f"loss {name!r} needs the training class counts (class_counts=...)")

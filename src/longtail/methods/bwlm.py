@@ -103,6 +103,7 @@ class BWLMHeadClassesStage(SupervisedStage):
     """BWLM stage 1: train on the m = C // 2 largest classes only, CE over their logits."""
 
     def check(self, ctx: RunContext, stage: StageConfig) -> None:
+        super().check(ctx, stage)
         _check_options(stage, HEAD_CLASSES_OPTIONS)
         bwlm_head_classes(ctx.class_counts, _num_head_classes(stage))  # m in [1, C - 1]
 
@@ -159,6 +160,7 @@ class BWLMReviewStage(SupervisedStage):
     """BWLM stage 2: the classifier trained on the data-balanced review set D^ (Eq. 2)."""
 
     def check(self, ctx: RunContext, stage: StageConfig) -> None:
+        super().check(ctx, stage)
         _check_options(stage, REVIEW_OPTIONS)
         bwlm_head_classes(ctx.class_counts, _num_head_classes(stage))
         _loss_counts(stage)

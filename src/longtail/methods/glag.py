@@ -545,8 +545,11 @@ class GLAGAFGStage(StageKind):
     """
 
     def check(self, ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
-        """Config checks that need no training (ideally run before stage 1)."""
+        """Config checks that need no training (the runner runs them before stage 1)."""
+        super().check(ctx, stage)
         opts = _options(stage)
+        if stage.mixing or stage.max_norm:
+            raise ConfigError(f"stage {stage.name!r} (glag_afg) supports neither mixing nor max_norm: remove them from the stage")
         if stage.train != "head":
             raise ConfigError(f"stage {stage.name!r} (glag_afg) trains the head on the frozen encoder: set train: head")
         if stage.features != "cached":

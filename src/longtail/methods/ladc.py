@@ -394,6 +394,7 @@ class LADCStage(StageKind):
 
     def check(self, ctx: RunContext, stage: StageConfig) -> None:
         """Settings this kind cannot run with, refused before stage 1 trains."""
+        super().check(ctx, stage)
         if stage.train != "head":
             raise ConfigError(f"stage {stage.name!r} (kind ladc) trains the classifier on the frozen encoder: set train: head")
         if stage.features != "cached":
