@@ -124,7 +124,11 @@ def remix(
 
 def mixed_loss(loss_fn: Loss, logits: torch.Tensor, batch: MixedBatch) -> torch.Tensor:
     """``loss_fn(logits, y_a, sample_weight=lam) + loss_fn(logits, y_b, sample_weight=1 − lam)``:
-    the mixup objective λ·ℓ(z, y_a) + (1−λ)·ℓ(z, y_b), per sample, averaged over the batch."""
+    the mixup objective λ·ℓ(z, y_a) + (1−λ)·ℓ(z, y_b), per sample, averaged over the batch.
+
+    A loss that keeps statistics of the batches it sees (GHM-C's gradient-norm EMA, Seesaw's
+    cumulative counts, GHM-CWAP's histograms) is called twice per step here, once per label set,
+    so its statistics count each mixed image under both of its labels."""
     lam = batch.lam.to(logits.dtype)
     return loss_fn(logits, batch.y_a, sample_weight=lam) + loss_fn(logits, batch.y_b, sample_weight=1 - lam)
 
