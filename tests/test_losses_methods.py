@@ -222,6 +222,17 @@ def test_iwb_gradients_and_errors():
     assert isinstance(build_loss("iwb", class_counts=COUNTS_TINY, head=FixedHead(W_TINY)), InverseWeightBalancingLoss)
 
 
+def test_iwb_refuses_options_that_would_be_ignored_and_reads_log_base_e():
+    with pytest.raises(ConfigError, match="nc_only"):
+        InverseWeightBalancingLoss(COUNTS_TINY, nc_only=True, hc="scalar")
+    with pytest.raises(ConfigError, match="kl_direction"):
+        InverseWeightBalancingLoss(COUNTS_TINY, divergence="mse", kl_direction="code_reversed_sum")
+    with pytest.raises(ConfigError, match="log_base"):
+        InverseWeightBalancingLoss(COUNTS_TINY, log_base="two")
+    natural = InverseWeightBalancingLoss(COUNTS_TINY, log_base="e")
+    torch.testing.assert_close(natural.nc, norm_coefficient(COUNTS_TINY, log_base=math.e))
+
+
 def test_iwb_with_a_real_linear_head():
     from longtail.models.heads import LinearHead
 

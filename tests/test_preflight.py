@@ -183,3 +183,8 @@ def test_augment_options_are_refused_for_images_streamed_from_disk():
 def test_augment_config_must_be_a_name_or_a_named_mapping():
     with pytest.raises(ConfigError, match="augment must be an augment name or a mapping with a name"):
         load_config(overrides=["stages.0.augment={num_ops: 2}"])
+
+
+def test_a_loss_that_reads_features_refuses_mixing_before_stage_one(tmp_path):
+    fails_before_stage_one(tmp_path, "iwb", "stages.1.mixing={name: mixup, alpha: 1.0}", "stages.1.features=online",
+                           match="reads the encoder features.*remove the stage's mixing")

@@ -134,6 +134,9 @@ def check_stage_specs(stage: StageConfig) -> None:
         check_loss_options(name, options)
         if stage.mixing:
             check_mixing(stage.mixing)
+            if LOSSES.get(name).uses_features:
+                raise ConfigError(f"loss {name!r} reads the encoder features of each image, which mixing does not "
+                                  "provide: remove the stage's mixing")
     except ConfigError as err:
         raise ConfigError(f"stage {stage.name!r}: {err}") from None
 

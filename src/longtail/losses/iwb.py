@@ -39,10 +39,11 @@ Decisions on what the paper leaves open (each a named option):
 - NC uses log base 2 (``log_base=2``); N = sum_c n_c of the training split.
 
 The released code differs (named options, documented as the code's, not verified here):
-natural log in NC (``log_base=math.e``), lambda = 0.01 (``lam=0.01``) and the KL reversed and
+natural log in NC (``log_base=math.e``, or ``"e"`` in a config), lambda = 0.01 (``lam=0.01``) and the KL reversed and
 summed over the batch, sum_i KL(softmax(P_i) || softmax(|W|))
 (``kl_direction="code_reversed_sum"``, i.e. ``F.kl_div(log_softmax(|W|), softmax(P),
-reduction="sum")``). Its other differences (whole network fine-tuned, 8x wider ResNet-32,
+reduction="sum")``; under data parallelism each rank sums over its own slice of the batch, so
+the term is 1/world_size of the code's on one GPU). Its other differences (whole network fine-tuned, 8x wider ResNet-32,
 test-set checkpoint selection, flip TTA) are not loss matters.
 """
 from __future__ import annotations
@@ -141,7 +142,8 @@ class InverseWeightBalancingLoss(Loss):
         hc: "vector" (Eq. 5, default) or "scalar" (Eq. 4, own class only).
         divergence: "kl" (Eq. 8, default) or "mse" (Table 4 ablation).
         nc_only: P = lambda * NC, no hardness coefficient (Table 3 ablation).
-        log_base: base of the logarithm in NC; 2 in the paper, e in the released code.
+        log_base: base of the logarithm in NC; 2 in the paper, e (``math.e`` or ``"e"``) in the
+            released code.
         kl_direction: "paper" (Eq. 8, batch mean) or "code_reversed_sum".
         detach_target: stop gradients through P.
     """
@@ -158,11 +160,13 @@ class InverseWeightBalancingLoss(Loss):
         hc: str = "vector",
         divergence: str = "kl",
         nc_only: bool = False,
-        log_base: float = 2.0,
+        log_base: float | str = 2.0,
         kl_direction: str = "paper",
         detach_target: bool = False,
     ):
         super().__init__()
+        if log_base == "e":  # the released code's natural log, spelled as in a config
+            log_base = math.e
         if hc not in HC_MODES:
             raise ConfigError(f"unknown hc {hc!r}; valid: {', '.join(HC_MODES)}")
         if divergence not in DIVERGENCES:
@@ -171,6 +175,12 @@ class InverseWeightBalancingLoss(Loss):
             raise ConfigError(f"unknown kl_direction {kl_direction!r}; valid: {', '.join(KL_DIRECTIONS)}")
         if not lam > 0:
             raise ConfigError(f"lam must be positive, got {lam}")
+        if nc_only and hc != "vector":
+            raise ConfigError(f"nc_only drops HC, so hc={hc!r} would be ignored: leave hc at 'vector' or set nc_only: false")
+        if divergence == "mse" and kl_direction != "paper":
+            raise ConfigError(f"kl_direction={kl_direction!r} applies to divergence 'kl' only: remove it or set divergence: kl")
+        if isinstance(log_base, str):
+            raise ConfigError(f"log_base must be a number or 'e', got {log_base!r}")
         self.lam = float(lam)
         self.hc = hc
         self.divergence = divergence
