@@ -342,3 +342,19 @@ def test_region_lookup_boundaries():
     torch.testing.assert_close(loss.gradient_norm(z, t), torch.tensor([0.5, 0.0, 1.0]))
     loss(z.requires_grad_(True), t)
     torch.testing.assert_close(loss.hist_cur, torch.tensor([[1.0, 2.0]]))
+
+
+@pytest.mark.parametrize("recipe, row", [
+    ("ghm_cwap", "R+A^AURA"), ("ghm_cwap_r", "R"), ("ghm_cwap_a_ura", "A^URA"), ("ghm_cwap_r_a_ura", "R+A^URA"),
+])
+def test_table3_recipes_build_the_rows_of_ghm_cwap_variant(recipe, row):
+    """The recipes and :func:`ghm_cwap_variant` are two spellings of Table 3: the built losses agree."""
+    from longtail.config import load_config
+    from longtail.losses import build_loss, ghm_cwap_variant
+
+    spec = dict(load_config(mapping={"method": recipe}).stages[0].loss)
+    spec.pop("name")
+    from_recipe = build_loss("ghm_cwap", class_counts=[50, 20, 5], **spec)
+    from_row = build_loss("ghm_cwap", class_counts=[50, 20, 5], **ghm_cwap_variant(row))
+    for attr in ("intra", "inter", "regions", "alpha", "gamma", "num_regions", "warm_start", "normalize_weights"):
+        assert getattr(from_recipe, attr) == getattr(from_row, attr), attr
