@@ -42,6 +42,19 @@ def test_decoupled_methods_share_the_stage1_of_the_single_stage_method(spec_file
     assert by[("crt", 0)].shared_stage1 is not by[("ce", 1)]
 
 
+def test_runs_on_one_prepared_file_share_stage1_whatever_their_other_data_fields():
+    """With data.prepared the file is the dataset: a recipe's own data fields (e.g. tau_norm_val's
+    val_per_class) cannot change stage 1, so it is shared; without a file they can, so it is not."""
+    from longtail.config import load_config
+
+    def key(method, *data):
+        return reproduce._stage1_key(load_config(mapping={"method": method}, overrides=list(data)))
+
+    assert key("ce", "data.prepared=x.ltd") == key("tau_norm_val", "data.prepared=x.ltd")
+    assert key("ce", "data.prepared=x.ltd") != key("ce", "data.prepared=y.ltd")
+    assert key("ce") != key("tau_norm_val")
+
+
 def test_matrix_runs_writes_cells_and_merges_parts(spec_file, tmp_path):
     assert reproduce.main([str(spec_file), "--methods", "ce", "crt", "--runs", "runs"]) == 0
     record = json.loads((tmp_path / "benchmarks" / "results" / "tiny.json").read_text())

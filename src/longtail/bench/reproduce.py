@@ -60,7 +60,9 @@ def _stage1_key(config: RunConfig) -> str:
     first.pop("name")
     engine = to_dict(config.engine)
     numerics = {k: engine[k] for k in ("device", "amp", "channels_last", "cuda_graph", "compile")}
-    blob = json.dumps([to_dict(config.data), to_dict(config.model), first, numerics, config.seed], sort_keys=True, default=str)
+    # a prepared file is the whole dataset (load_dataset ignores the other data fields then)
+    data = {"prepared": config.data.prepared} if config.data.prepared else to_dict(config.data)
+    blob = json.dumps([data, to_dict(config.model), first, numerics, config.seed], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
