@@ -188,3 +188,8 @@ def test_augment_config_must_be_a_name_or_a_named_mapping():
 def test_a_loss_that_reads_features_refuses_mixing_before_stage_one(tmp_path):
     fails_before_stage_one(tmp_path, "iwb", "stages.1.mixing={name: mixup, alpha: 1.0}", "stages.1.features=online",
                            match="reads the encoder features.*remove the stage's mixing")
+
+
+@pytest.mark.parametrize("method, extra", [("ldam", "model.head=linear"), ("ldam_drw", "model.head=linear")])
+def test_ldam_on_a_head_other_than_cosine_fails_before_stage_one(tmp_path, method, extra):
+    fails_before_stage_one(tmp_path, method, extra, match="LDAM scales normalised-cosine logits.*head: cosine")

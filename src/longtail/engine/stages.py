@@ -141,19 +141,30 @@ def check_stage_specs(stage: StageConfig) -> None:
         raise ConfigError(f"stage {stage.name!r}: {err}") from None
 
 
-def check_max_norm(ctx: RunContext, stage: StageConfig) -> None:
-    """Refuse ``max_norm`` unless the stage trains a linear head: MaxNorm caps the rows of
-    ``fc.weight`` in place, and other heads' ``class_weight()`` is a fresh tensor (the cap would
-    do nothing). The head is the stage's ``head``, else the last one an earlier stage set, else
-    ``model.head``."""
-    if stage.max_norm is None:
-        return
+def stage_head_kind(ctx: RunContext, stage: StageConfig) -> str:
+    """The head a stage trains: its ``head``, else the last one an earlier stage set, else ``model.head``."""
     earlier = ctx.config.stages[: next((i for i, s in enumerate(ctx.config.stages) if s is stage), 0)]
-    kind = stage.head or next((s.head for s in reversed(earlier) if s.head), ctx.config.model.head)
-    if not issubclass(HEADS.get(kind), LinearHead):
+    return stage.head or next((s.head for s in reversed(earlier) if s.head), ctx.config.model.head)
+
+
+def check_head_fits(ctx: RunContext, stage: StageConfig) -> None:
+    """Refuse head / setting pairs that would silently do something else:
+
+    * ``max_norm`` on a head other than a linear one: MaxNorm caps the rows of ``fc.weight`` in
+      place, and other heads' ``class_weight()`` is a fresh tensor (the cap would do nothing);
+    * LDAM (also as DRW's base) on a head other than the normalised-cosine one: its scale s = 30
+      is meant for cosine logits in [-1, 1] (Cao et al.), and would multiply raw logits."""
+    kind = stage_head_kind(ctx, stage)
+    if stage.max_norm is not None and not issubclass(HEADS.get(kind), LinearHead):
         raise ConfigError(
             f"stage {stage.name!r}: max_norm caps the rows of a linear head's weight; use head: linear "
             f"(the stage's head is {kind!r}), or remove max_norm"
+        )
+    loss = stage.loss.get("name")
+    if (loss == "ldam" or (loss == "drw" and stage.loss.get("base", "ldam") == "ldam")) and kind != "cosine":
+        raise ConfigError(
+            f"stage {stage.name!r}: LDAM scales normalised-cosine logits by s; use head: cosine "
+            f"(the stage's head is {kind!r})"
         )
 
 
@@ -264,7 +275,7 @@ class SupervisedStage(StageKind):
                 f"stage {stage.name!r}: options.shift_bn re-estimates the frozen encoder's BatchNorm statistics "
                 "on the stage's own batches; it needs train: head and features: online"
             )
-        check_max_norm(ctx, stage)
+        check_head_fits(ctx, stage)
         if not (stage.train == "head" and stage.features == "cached"):  # the stage augments its images
             try:
                 name, options = _augment_spec(stage.augment)
