@@ -197,16 +197,20 @@ def _options(stage: StageConfig) -> dict[str, Any]:
         raise ConfigError(f"options.head_fraction must be in (0, 1], got {opts['head_fraction']}")
     if opts["head_split"] == "count" and not opts["num_head"]:
         raise ConfigError("options.head_split=count needs options.num_head (the number of head classes)")
-    target = opts["target"]
-    if target != "max" and (isinstance(target, bool) or not isinstance(target, int) or target < 1):
-        raise ConfigError(f"options.target must be 'max' or a positive integer, got {target!r}")
-    if opts["dispersion"] not in ("identity", "all"):
-        raise ConfigError(f"options.dispersion must be 'identity' or 'all', got {opts['dispersion']!r}")
-    if opts["own_covariance"] not in ("class", "none"):
-        raise ConfigError(f"options.own_covariance must be 'class' or 'none', got {opts['own_covariance']!r}")
+    _check_generator_options(opts["target"], opts["dispersion"], opts["own_covariance"])
     if not float(opts["kd_temperature"]) > 0:
         raise ConfigError(f"options.kd_temperature must be > 0 (default 2), got {opts['kd_temperature']}")
     return opts
+
+
+def _check_generator_options(target: Any, dispersion: str, own_covariance: str) -> None:
+    """The generator's own settings (checked for the stage's pre-flight and by the generator)."""
+    if target != "max" and (isinstance(target, bool) or not isinstance(target, (int, float)) or int(target) < 1):
+        raise ConfigError(f"options.target must be 'max' or a positive integer, got {target!r}")
+    if dispersion not in ("identity", "all"):
+        raise ConfigError(f"options.dispersion must be 'identity' or 'all', got {dispersion!r}")
+    if own_covariance not in ("class", "none"):
+        raise ConfigError(f"options.own_covariance must be 'class' or 'none', got {own_covariance!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,19 +291,10 @@ class AdaptiveFeatureGenerator:
             empty = torch.nonzero(counts == 0).flatten().tolist()
             raise DataError(f"AFG needs at least one training feature per class; empty classes {empty[:20]}")
         self.counts = counts.tolist()
-        if target == "max":
-            self.target = max(self.counts)
-        elif isinstance(target, (int, float)) and not isinstance(target, bool) and int(target) >= 1:
-            self.target = int(target)
-        else:
-            raise ConfigError(f"options.target must be 'max' or a positive integer, got {target!r}")
+        _check_generator_options(target, dispersion, own_covariance)
+        self.target = max(self.counts) if target == "max" else int(target)
         self.lam = float(tukey_lambda)
         self.k, self.gamma = int(k), float(gamma)
-        if dispersion not in ("identity", "all") or own_covariance not in ("class", "none"):
-            raise ConfigError(
-                f"options.dispersion must be 'identity' or 'all' and options.own_covariance 'class' or 'none', "
-                f"got {dispersion!r} and {own_covariance!r}"
-            )
         self.dispersion, self.own_covariance = dispersion, own_covariance
         self.chunk_elements = int(chunk_elements)
 
