@@ -79,6 +79,11 @@ Decisions where the paper is silent or ambiguous (each a named option of ``glag_
   whose covariance uses it (r_c = min(n_c, D)), the noise drawn in blocks of at most
   ``chunk_elements`` (default 2^26) elements; no Cholesky factorisation and no ``[C, D, D]`` or
   per-feature ``[D, D]`` tensor (memory: the factors hold at most N x D numbers).
+* Epoch memory: the balanced epoch set is one device buffer of C x target x D float32 (fixed
+  shape, so the training steps can be captured in a CUDA graph), plus the generated part while it
+  is drawn. CIFAR-10-LT (ResNet-32, D = 64): 10 x 5000 x 64, 13 MB; ImageNet-LT with ResNet-50
+  (D = 2048, target 1280): about 10.5 GB; iNaturalist 2018 (8142 classes, target 1000) would need
+  about 67 GB, so there an integer ``target`` (features per class per epoch) must cap it.
 * Tukey's lambda is not given by the paper (it cites Tukey's ladder of powers, as DC does):
   0.5, DC's value.
 
