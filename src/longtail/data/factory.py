@@ -32,32 +32,23 @@ def load_dataset(config: DataConfig) -> LongTailedDataset | FileDataset:
             seed=config.selection_seed,
             val_per_class=config.val_per_class,
         )
+    # the CIFAR-LT generation settings, shared by every dataset made long-tailed from a balanced one
+    selection = dict(
+        imbalance_factor=config.imbalance_factor,
+        profile=config.profile,
+        rule=config.selection,
+        seed=config.selection_seed,
+        val_per_class=config.val_per_class,
+        counts=config.counts,
+    )
     if config.dataset in ("cifar10", "cifar100"):
         from .cifar import build_cifar_lt
 
-        return build_cifar_lt(
-            config.root,
-            name=config.dataset,
-            imbalance_factor=config.imbalance_factor,
-            profile=config.profile,
-            rule=config.selection,
-            seed=config.selection_seed,
-            val_per_class=config.val_per_class,
-            download=config.download,
-            counts=config.counts,
-        )
+        return build_cifar_lt(config.root, name=config.dataset, download=config.download, **selection)
     if config.dataset == "newsgroups":
         from .text import build_newsgroups_lt
 
-        return build_newsgroups_lt(
-            root=config.root,
-            imbalance_factor=config.imbalance_factor,
-            seed=config.selection_seed,
-            profile=config.profile,
-            rule=config.selection,
-            val_per_class=config.val_per_class,
-            counts=config.counts,
-        )
+        return build_newsgroups_lt(root=config.root, **selection)
     if config.dataset in ("splitfile", "folder"):
         from .files import load_file_dataset
 
