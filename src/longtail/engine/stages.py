@@ -129,12 +129,14 @@ def check_stage_specs(stage: StageConfig) -> None:
     options = dict(stage.loss)
     name = str(options.pop("name", None))
     try:
-        if name not in LOSSES:
-            raise ConfigError(f"unknown loss {name!r}{closest(name, LOSSES.names())}; valid: {', '.join(LOSSES.names())}")
+        try:
+            loss_class = LOSSES.get(name)
+        except KeyError as err:  # the registry's message, with the closest name
+            raise ConfigError(err.args[0]) from None
         check_loss_options(name, options)
         if stage.mixing:
             check_mixing(stage.mixing)
-            if LOSSES.get(name).uses_features:
+            if loss_class.uses_features:
                 raise ConfigError(f"loss {name!r} reads the encoder features of each image, which mixing does not "
                                   "provide: remove the stage's mixing")
     except ConfigError as err:
