@@ -15,6 +15,7 @@ from longtail.engine.stages import stage_kind
 from longtail.errors import ConfigError
 from longtail.losses.bfs import BalancedFocalSoftmaxLoss
 from longtail.losses.class_balanced import class_balanced_weights
+from longtail.losses.logit_adjust import BalancedSoftmaxLoss
 
 from .test_engine import COUNTS, tiny_dataset
 
@@ -56,17 +57,68 @@ def fake_data(monkeypatch):
     monkeypatch.setattr(runner, "load_dataset", tiny_dataset)
 
 
-def test_review_stage_losses_use_the_counts_of_the_whole_training_set(tmp_path, fake_data):
+def test_review_stage_losses_use_the_counts_of_the_review_set(tmp_path, fake_data):
+    """Default loss_counts: review (issue 17): CB and BS weights from D^'s counts, not D's."""
     cfg = tiny_config(tmp_path, "stages.1.loss.alpha=0.5")
     ctx = runner.Run(cfg)._setup()
     for stage in cfg.stages:
         stage_kind(stage.kind).prepare(ctx, stage)
     stage = cfg.stages[1]
     loss = stage_kind(stage.kind).build(ctx, stage).hooks[0]
+    review = [12, 12, 12, 6]
     assert isinstance(loss, BalancedFocalSoftmaxLoss) and loss.alpha == 0.5
-    torch.testing.assert_close(loss.cb_focal.class_weights, class_balanced_weights(COUNTS, 0.9999))
-    torch.testing.assert_close(loss.balanced_softmax.log_counts, torch.log(torch.tensor(COUNTS, dtype=torch.float32)))
-    assert stage.options["review_class_counts"] == [12, 12, 12, 6]
+    assert stage.options["review_class_counts"] == review
+    torch.testing.assert_close(loss.cb_focal.class_weights, class_balanced_weights(review, 0.9999))
+    torch.testing.assert_close(loss.balanced_softmax.log_counts, torch.log(torch.tensor(review, dtype=torch.float32)))
+    assert ctx.class_counts.tolist() == COUNTS, "evaluation keeps the full counts"
+
+
+def _fitted_biases(loss, labels: torch.Tensor) -> torch.Tensor:
+    """The minimiser b of mean_i loss(b, y_i): a bias-only model (every input gets logits b)."""
+    b = torch.zeros(int(labels.max()) + 1, requires_grad=True)
+    opt = torch.optim.LBFGS([b], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        value = loss(b.expand(len(labels), -1), labels)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    return b.detach()
+
+
+def test_balanced_softmax_with_the_full_counts_on_a_balanced_set_corrects_the_prior_twice():
+    """The issue's example: 53/53 posts, counts [600, 53]: the bias gap goes to log(53/600) and the
+    head class is never predicted; with the counts of the data trained on (53, 53) the gap is 0."""
+    labels = torch.tensor([0] * 53 + [1] * 53)
+    twice = _fitted_biases(BalancedSoftmaxLoss([600, 53]), labels)
+    assert float(twice[0] - twice[1]) == pytest.approx(math.log(53 / 600), abs=1e-4)
+    assert (twice.argmax() != 0).all()
+    once = _fitted_biases(BalancedSoftmaxLoss([53, 53]), labels)
+    assert float(once[0] - once[1]) == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("loss_counts, gaps", [(None, (0.0, 0.0)), ("full", (math.log(12 / 48), math.log(12 / 24)))])
+def test_bias_only_review_stage_learns_no_prior_by_default(tmp_path, fake_data, loss_counts, gaps):
+    """The stage's own loss on its own review set (counts [12, 12, 12, 6] of D = [48, 24, 12, 6]): a
+    bias-only model learns equal biases for the equal-sized classes 0 and 2 by default; with
+    loss_counts: full it learns b_0 - b_2 = log(12/48) and b_1 - b_2 = log(12/24), D's prior subtracted
+    from balanced data."""
+    extra = ["stages.1.loss={name: balanced_softmax}"]
+    if loss_counts:
+        extra.append(f"stages.1.options.loss_counts={loss_counts}")
+    cfg = tiny_config(tmp_path, *extra)
+    ctx = runner.Run(cfg)._setup()
+    for stage in cfg.stages:
+        stage_kind(stage.kind).prepare(ctx, stage)
+    plan = stage_kind("bwlm_review").build(ctx, cfg.stages[1])
+    labels = plan.source.labels.cpu()
+    assert torch.bincount(labels).tolist() == [12, 12, 12, 6]
+    b = _fitted_biases(plan.hooks[0].cpu(), labels)
+    assert float(b[0] - b[2]) == pytest.approx(gaps[0], abs=1e-4)
+    assert float(b[1] - b[2]) == pytest.approx(gaps[1], abs=1e-4)
 
 
 # ------------------------------------------------------------------------------ options checked first

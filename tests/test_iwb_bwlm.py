@@ -152,12 +152,12 @@ def test_review_set_resampled_each_epoch_in_place(tmp_path):
 
 def test_review_loss_counts_option_and_option_errors(tmp_path):
     cfg, ctx, kind, stage = _stage2(tmp_path, "bwlm_bs")
-    loss = kind.build(ctx, stage).hooks[0]
-    torch.testing.assert_close(loss.log_counts, torch.log(torch.tensor(COUNTS, dtype=torch.float32)))
-    stage.options["loss_counts"] = "review"
-    loss = kind.build(ctx, stage).hooks[0]
+    loss = kind.build(ctx, stage).hooks[0]  # default: the review set's counts
     torch.testing.assert_close(loss.log_counts, torch.log(torch.tensor([12.0, 12.0, 12.0, 6.0])))
     assert ctx.class_counts.tolist() == COUNTS, "evaluation keeps the full counts"
+    stage.options["loss_counts"] = "full"
+    loss = kind.build(ctx, stage).hooks[0]
+    torch.testing.assert_close(loss.log_counts, torch.log(torch.tensor(COUNTS, dtype=torch.float32)))
     stage.options["loss_counts"] = "reviw"
     with pytest.raises(ConfigError, match="did you mean 'review'"):
         kind.build(ctx, stage)

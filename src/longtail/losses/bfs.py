@@ -55,7 +55,8 @@ class BalancedFocalSoftmaxLoss(Loss):
 
     Args:
         class_counts: the n_j of Eqs. (5) and (10). BWLM's review stage passes the counts of the
-            whole training set D by default (``options.loss_counts: full``), not those of D^.
+            review set D^ it trains on by default (``options.loss_counts: review``; ``full``: those
+            of the whole training set D; see :mod:`longtail.methods.bwlm`).
         alpha: weight of the CB-focal term; 0.1 is the paper's default (Sec. 4.3).
         beta: CB effective-number hyper-parameter (weights normalised to sum to C).
         gamma: focal focusing parameter.
