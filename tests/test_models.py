@@ -9,7 +9,7 @@ from longtail.models import backbones
 from longtail.models.factory import ENCODERS, LTModel, build_model
 from longtail.models.heads import (HEADS, CosineHead, LinearHead, LWSHead, LWSPlusHead, NCMHead,
                                    TauNormHead)
-from longtail.models.resnet_cifar import BasicBlockA, ResNetCifar, ShortcutA, resnet32_cifar
+from longtail.models.resnet_cifar import BasicBlockA, ResNetCifar, ShortcutA
 
 
 def n_params(module):
@@ -33,7 +33,7 @@ def test_other_depths_and_wide_variant_parameter_counts():
 
 
 def test_resnet32_structure_and_shapes():
-    net = resnet32_cifar()
+    net = ResNetCifar(32)
     assert [len(s) for s in (net.layer1, net.layer2, net.layer3)] == [5, 5, 5]
     assert net.conv1.weight.shape == (16, 3, 3, 3) and net.conv1.bias is None
     assert isinstance(net.layer2[0].shortcut, ShortcutA)
@@ -45,7 +45,7 @@ def test_resnet32_structure_and_shapes():
 
 def test_kaiming_normal_init():
     torch.manual_seed(0)
-    weight = resnet32_cifar().layer3[1].conv1.weight  # fan_in 64·9 = 576
+    weight = ResNetCifar(32).layer3[1].conv1.weight  # fan_in 64·9 = 576
     assert weight.mean().abs() < 0.002
     assert weight.std().item() == pytest.approx(math.sqrt(2 / 576), rel=0.03)
 
@@ -151,7 +151,7 @@ def test_tau_norm_head_drops_bias_and_sets_tau_in_place():
 
 
 def test_wrapped_heads_need_a_linear_head():
-    with pytest.raises(ConfigError, match="wraps a LinearHead"):
+    with pytest.raises(ConfigError, match="wraps a linear classifier"):
         LWSHead(CosineHead(3, 2))
 
 

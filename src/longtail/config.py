@@ -47,8 +47,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "resnet32"
-    pretrained: bool = False  # torchvision ImageNet weights, where the encoder has them (needs a download)
+    encoder: str = "resnet32"  # a registered encoder, or timm:<name> (any timm model)
+    pretrained: bool = False  # torchvision's or timm's ImageNet weights, where the encoder has them (needs a download)
     head: str = "linear"
     head_options: dict[str, Any] = field(default_factory=dict)
 

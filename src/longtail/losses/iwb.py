@@ -57,6 +57,7 @@ from torch import nn
 
 from .base import LOSSES, Loss, build_loss, counts_tensor
 from ..errors import ConfigError
+from ..models.heads import as_head
 
 # The baseline losses the ``base`` option names; importing registers them.
 from . import ce as _ce  # noqa: F401
@@ -133,7 +134,7 @@ class InverseWeightBalancingLoss(Loss):
 
     Args:
         class_counts: training-split images per class (N and n_c of Eq. 3).
-        head: the classifier head; ``head.class_weight()`` gives W ``[C, D]``. May be bound
+        head: the classifier head (or a bare ``nn.Linear``); ``class_weight()`` gives W ``[C, D]``. May be bound
             later with :meth:`bind_head`. It is held by reference, not as a submodule (its
             parameters stay out of this loss's ``parameters()`` and ``state_dict()``).
         lam: lambda of Eq. (7); 0.15 (CIFAR-100-LT), 0.05 (ImageNet-LT), 0.01 (iNat, and the code).
@@ -203,10 +204,8 @@ class InverseWeightBalancingLoss(Loss):
 
     # ------------------------------------------------------------------ head
     def bind_head(self, head: nn.Module) -> "InverseWeightBalancingLoss":
-        """Attach the classifier head whose ``class_weight()`` IWB regularises."""
-        if not callable(getattr(head, "class_weight", None)):
-            raise TypeError(f"IWB needs a head with class_weight() -> Tensor[C, D]; got {type(head).__name__}")
-        self._head = [head]
+        """Attach the classifier head (or bare ``nn.Linear``) whose ``class_weight()`` IWB regularises."""
+        self._head = [as_head(head)]
         return self
 
     @property

@@ -1,4 +1,5 @@
-"""torchvision ResNet / ResNeXt encoders for large images (ImageNet-LT, iNaturalist, Places-LT).
+"""torchvision ResNet / ResNeXt encoders for large images (ImageNet-LT, iNaturalist, Places-LT),
+and any timm model as an encoder (``timm:<name>``, optional: ``pip install 'longtail[timm]'``).
 
 Each builder returns the torchvision network with ``fc`` replaced by ``nn.Identity`` (so the
 forward pass ends at the pooled features [B, out_dim]) and an ``out_dim`` attribute.
@@ -14,6 +15,7 @@ from torch import nn
 from torchvision.models import resnet as tv
 
 from longtail.errors import ConfigError
+from longtail.registry import closest
 
 
 def _encoder(net: tv.ResNet, in_channels: int) -> tv.ResNet:
@@ -68,3 +70,27 @@ def resnet34_cifar_stem(in_channels: int = 3) -> tv.ResNet:
     net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     return _headless(net)
+
+
+def timm_encoder(name: str, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
+    """timm's ``name`` without its classifier (``num_classes=0``: pooled features [B, out_dim]).
+
+    ``out_dim`` is timm's ``head_hidden_size`` (the width of those features; ``num_features``
+    before timm 1.0, which lacks it). ``pretrained=True`` downloads timm's weights from the
+    Hugging Face Hub (or finds them in its cache).
+    """
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"encoder 'timm:{name}' needs timm: pip install 'longtail[timm]'") from None
+    if not timm.is_model(name):
+        raise ConfigError(f"timm has no model {name!r}{closest(name, timm.list_models())}; "
+                          "timm.list_models() lists them")
+    try:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
+    except OSError as err:  # pretrained weights neither cached nor downloadable
+        raise ConfigError(f"timm could not load the pretrained weights of {name!r} ({err}); they need "
+                          "network access to the Hugging Face Hub once (or its cache): use "
+                          "pretrained=False offline") from None
+    net.out_dim = getattr(net, "head_hidden_size", net.num_features)
+    return net

@@ -4,7 +4,9 @@ Every head has ``in_dim``, ``num_classes`` and ``class_weight() -> Tensor[C, D]`
 per-class weight vectors (norm plots, MaxNorm, IWB). ``HEADS`` maps names to the classes;
 ``Head.build(in_dim, num_classes, **options)`` builds any of them from sizes alone (what
 ``build_model`` and checkpoint loading use). In stage 2, wrap a trained head directly:
-``model.replace_head(LWSHead(model.head))``.
+``model.replace_head(LWSHead(model.head))``; the stage-2 wrappers (LWS, LWS-Plus, tau-norm) also
+take a bare ``nn.Linear`` (a torchvision or timm classifier: ``net.fc = LWSHead(net.fc)``) and
+share its Parameters. ``as_head`` is the one place that turns such a classifier into a head.
 """
 from __future__ import annotations
 
@@ -56,11 +58,30 @@ class LinearHead(Head):
         elif bias_init not in ("uniform", "prior"):
             raise ConfigError(f"unknown bias_init {bias_init!r}; valid: uniform (nn.Linear's), prior (-log(C-1))")
 
+    @classmethod
+    def wrap(cls, linear: nn.Linear) -> "LinearHead":
+        """A LinearHead whose ``fc`` is ``linear`` itself: the same Parameters, no copy, no init."""
+        head = cls.__new__(cls)
+        Head.__init__(head)
+        head.in_dim, head.num_classes, head.fc = linear.in_features, linear.out_features, linear
+        return head
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
 
     def class_weight(self) -> torch.Tensor:
         return self.fc.weight
+
+
+def as_head(module: nn.Module) -> Head:
+    """``module`` as a head: anything with ``class_weight()`` as it is, a bare ``nn.Linear``
+    (e.g. a torchvision or timm classifier) as ``LinearHead.wrap(module)``, sharing its Parameters."""
+    if callable(getattr(module, "class_weight", None)):
+        return module
+    if isinstance(module, nn.Linear):
+        return LinearHead.wrap(module)
+    raise ConfigError(f"expected a classifier head (a longtail Head or an nn.Linear), got "
+                      f"{type(module).__name__}; pass the model's final nn.Linear or a Head subclass")
 
 
 @HEADS.register("cosine")
@@ -89,18 +110,20 @@ class CosineHead(Head):
 class FrozenBaseHead(Head):
     """A head computed from a frozen ``LinearHead`` (Kang et al. 2020's classifier re-balancing).
 
-    The constructor sets ``requires_grad=train_base`` on the base's parameters, in place:
-    ``train_base=True`` trains the linear classifier together with the wrapper's own parameters
-    (MiSLAS's stage 2 re-trains the classifier and an LWS scale jointly).
+    ``base`` may also be a bare ``nn.Linear``: ``.base`` is then ``LinearHead.wrap(base)``, whose
+    ``fc`` is that very module (same Parameters). The constructor sets ``requires_grad=train_base``
+    on the base's parameters, in place: ``train_base=True`` trains the linear classifier together
+    with the wrapper's own parameters (MiSLAS's stage 2 re-trains the classifier and an LWS scale
+    jointly).
     """
 
-    def __init__(self, base: LinearHead, train_base: bool = False):
+    def __init__(self, base: LinearHead | nn.Linear, train_base: bool = False):
         super().__init__()
-        if not isinstance(base, LinearHead):
-            raise ConfigError(f"{type(self).__name__} wraps a LinearHead, got "
-                              f"{type(base).__name__}; train stage 1 with head='linear'")
-        self.in_dim, self.num_classes = base.in_dim, base.num_classes
-        self.base = base.requires_grad_(train_base)
+        if not isinstance(base, (LinearHead, nn.Linear)):
+            raise ConfigError(f"{type(self).__name__} wraps a linear classifier (LinearHead or nn.Linear), "
+                              f"got {type(base).__name__}; train stage 1 with head='linear'")
+        self.base = as_head(base).requires_grad_(train_base)
+        self.in_dim, self.num_classes = self.base.in_dim, self.base.num_classes
 
     @classmethod
     def build(cls, in_dim: int, num_classes: int, bias: bool = True, **options) -> "FrozenBaseHead":
@@ -116,9 +139,9 @@ class LWSHead(FrozenBaseHead):
     ``class_weight()`` = f_c · w_c.
     """
 
-    def __init__(self, base: LinearHead, train_base: bool = False):
+    def __init__(self, base: LinearHead | nn.Linear, train_base: bool = False):
         super().__init__(base, train_base)
-        self.scale = nn.Parameter(torch.ones(self.num_classes, device=base.fc.weight.device))
+        self.scale = nn.Parameter(torch.ones(self.num_classes, device=self.base.fc.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) * self.scale
@@ -136,7 +159,7 @@ class LWSPlusHead(LWSHead):
     (``.logit_bias``, init 0, so training starts from the stage-1 classifier).
     """
 
-    def __init__(self, base: LinearHead, train_base: bool = False):
+    def __init__(self, base: LinearHead | nn.Linear, train_base: bool = False):
         super().__init__(base, train_base)
         self.logit_bias = nn.Parameter(torch.zeros_like(self.scale))
 
@@ -154,9 +177,9 @@ class TauNormHead(FrozenBaseHead):
     stay valid.
     """
 
-    def __init__(self, base: LinearHead, tau: float = 1.0):
+    def __init__(self, base: LinearHead | nn.Linear, tau: float = 1.0):
         super().__init__(base)
-        self.register_buffer("tau", torch.tensor(float(tau), device=base.fc.weight.device))
+        self.register_buffer("tau", torch.tensor(float(tau), device=self.base.fc.weight.device))
 
     def set_tau(self, tau: float) -> None:
         """Set τ in place."""

@@ -3,8 +3,9 @@
 The architecture is that of Yerlan Idelbayev's ``resnet_cifar`` and of Cao et al. (2019)'s LDAM
 code, which nearly every CIFAR-LT paper reuses: a 3×3 stem conv, three stages of (depth − 2)/6
 basic blocks of widths 16/32/64, parameter-free option-A shortcuts, global average pooling,
-Kaiming-normal weights. ResNet-32 + a linear head with bias has 470,004 parameters at 100
-classes and 464,154 at 10 (the "0.46 M" of the literature).
+Kaiming-normal weights. The depths ``CIFAR_DEPTHS`` (He et al.'s 20 ... 110, and 8 and 14) are
+the encoders ``resnet8`` ... ``resnet110``. ResNet-32 (463,504 encoder parameters) + a linear head with bias
+has 470,004 parameters at 100 classes and 464,154 at 10 (the "0.46 M" of the literature).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail.errors import ConfigError
+
+CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)  # registered as encoders "resnet8" ... "resnet110"
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -70,8 +73,8 @@ class ResNetCifar(nn.Module):
                  in_channels: int = 3):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ConfigError("ResNetCifar depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, "
-                              f"110); got {depth}")
+            raise ConfigError("ResNetCifar depth must be 6n + 2 with n >= 1 (e.g. "
+                              f"{', '.join(map(str, CIFAR_DEPTHS))}); got {depth}")
         if len(widths) != 3:
             raise ConfigError("ResNetCifar needs three stage widths, e.g. (16, 32, 64); "
                               f"got {widths}")
@@ -95,12 +98,6 @@ class ResNetCifar(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return out.mean(dim=(2, 3))
-
-
-def resnet32_cifar(in_channels: int = 3) -> ResNetCifar:
-    """ResNet-32 for CIFAR (He et al. 2016; Cao et al. 2019): widths 16/32/64, 5 blocks per stage,
-    0.4635 M encoder parameters, 64-d features."""
-    return ResNetCifar(32, (16, 32, 64), in_channels)
 
 
 def resnet32x8_cifar(in_channels: int = 3) -> ResNetCifar:
