@@ -65,7 +65,7 @@ def test_intra_weights_by_hand_previous_epoch_and_detached_gradient():
     (the empty region counts as one example).
     """
     loss = GHMCWAPLoss([5, 1], num_regions=2, alpha=0.5, inter=False, regions="ura",
-                       normalize_weights=False)
+                       normalize_weights=False, intra_weight="printed")
     # epoch 0: warm start, W = S_c / (n_c/N)^a = N = 2 everywhere
     torch.testing.assert_close(loss.weight_table, torch.full((2, 2), 2.0))
     feed(loss, [0.1, 0.1, 0.1, 0.1, 0.9, 0.2], [0, 0, 0, 0, 0, 1], 2)
@@ -83,7 +83,7 @@ def test_intra_weights_by_hand_previous_epoch_and_detached_gradient():
     ce = F.cross_entropy(z.detach(), t, reduction="none")
     torch.testing.assert_close(loss.per_sample(z, t), torch.tensor([1.5, 3.0, 1.0]) * ce)
 
-    batch = GHMCWAPLoss([5, 1], num_regions=2, alpha=0.5, inter=False, regions="ura")
+    batch = GHMCWAPLoss([5, 1], num_regions=2, alpha=0.5, inter=False, regions="ura", intra_weight="printed")
     batch.load_state_dict(loss.state_dict())
     w = torch.tensor([9 / 11, 18 / 11, 6 / 11])  # [1.5, 3, 1] / mean 11/6
     assert w.mean().item() == pytest.approx(1.0)
@@ -92,6 +92,57 @@ def test_intra_weights_by_hand_previous_epoch_and_detached_gradient():
     # W is a detached constant: d/dz [W * CE] = W (softmax - onehot) / B
     expected = w[:, None] * (torch.softmax(z.detach(), 1) - F.one_hot(t, 2)) / 3
     torch.testing.assert_close(z.grad, expected)
+
+
+def test_default_intra_weight_divides_by_one_size_for_every_class():
+    """Issue 17: the default reads Eq. (1) with GHM's single normaliser, W = S / v^a, S = sum_c S_c.
+
+    Same counts as the printed test above: S_0 = 3, S_1 = 1, S = 4, so W_0 = [4/2, 4/1] and
+    W_1 = [4/1, 4/1]: class 1's lone example weighs as much as class 0's rarest one (printed:
+    1 against 3, the tail class weighted down for being small)."""
+    loss = GHMCWAPLoss([5, 1], num_regions=2, alpha=0.5, inter=False, regions="ura", normalize_weights=False)
+    assert loss.intra_weight == "global"
+    S = 2 ** 0.5 * (5 ** 0.5 + 1)  # warm start: S_c = N^(1-a) n_c^a, W_c = S (N / n_c)^a
+    torch.testing.assert_close(loss.weight_table, torch.tensor([[S * (2 / 5) ** 0.5] * 2, [S * 2 ** 0.5] * 2]))
+    feed(loss, [0.1, 0.1, 0.1, 0.1, 0.9, 0.2], [0, 0, 0, 0, 0, 1], 2)
+    loss.on_epoch_end()
+    torch.testing.assert_close(loss.effective_size, torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(loss.weight_table, torch.tensor([[2.0, 4.0], [4.0, 4.0]]))
+    # inside a class the two readings agree; only the scale of each class differs
+    printed = GHMCWAPLoss([5, 1], num_regions=2, alpha=0.5, inter=False, regions="ura", normalize_weights=False,
+                          intra_weight="printed")
+    printed.load_state_dict(loss.state_dict())
+    printed._refresh_tables()
+    ratio = loss.weight_table / printed.weight_table
+    torch.testing.assert_close(ratio, torch.tensor([[4 / 3, 4 / 3], [4.0, 4.0]]))
+
+
+def test_effective_size_counts_examples_under_aura():
+    """Issue 17: S_c of Eq. (2) from the examples counted per region, not Algorithm 1's densities.
+
+    N = 3. Class 0: 64 examples at g = 0.05 and 8 at 0.5 make AURA's next widths
+    d = [1/log 64, 1/log 8, 1] / sum; the next epoch's 72 examples all land in the narrow first
+    region, whose density value is 72 / (3 d_0) ~ 170. Class 1: 100 examples in an equal-width
+    region (value 100), unseen in the second epoch. From counts S = (72^a, 100^a) and the margin
+    falls on class 1's samples (the larger class); from densities the order is inverted."""
+    a = 0.9
+    sizes = {}
+    for mode in ("counts", "values"):
+        lf = GHMCWAPLoss([72, 100], num_regions=3, regions="aura", intra=False, effective_size=mode)
+        feed(lf, [0.05] * 64 + [0.5] * 8 + [0.9] * 100, [0] * 72 + [1] * 100, 2)
+        lf.on_epoch_end()
+        feed(lf, [0.01] * 72, [0] * 72, 2)
+        lf.on_epoch_end()
+        sizes[mode] = lf
+    d = torch.tensor([1 / math.log(64), 1 / math.log(8), 1.0])
+    d0 = float(d[0] / d.sum())
+    counts, values = sizes["counts"], sizes["values"]
+    assert counts.effective_size_from == "counts" == GHMCWAPLoss([1]).effective_size_from  # the default
+    torch.testing.assert_close(counts.effective_size, torch.tensor([72 ** a, 100 ** a]))
+    torch.testing.assert_close(values.effective_size, torch.tensor([(72 / (3 * d0)) ** a, 100 ** a]))
+    torch.testing.assert_close(counts.margin[1, 0], torch.tensor(0.8 * a * math.log(72 / 100)))
+    assert counts.margin[0, 1] == 0
+    assert values.margin[0, 1] < 0 and values.margin[1, 0] == 0  # densities: class 0 looks larger
 
 
 def test_class_normalisation_makes_each_class_mean_weight_one():
@@ -155,7 +206,7 @@ def test_one_region_alpha_one_reduces_to_seesaw_mitigation(regions):
     gm = 0.8
     counts = [9, 3, 1]
     loss = GHMCWAPLoss(counts, num_regions=1, alpha=1.0, gamma=gm, regions=regions,
-                       normalize_weights=False)
+                       normalize_weights=False, intra_weight="printed")
 
     def reference(z, t, k):
         k = torch.tensor(k, dtype=torch.float32)
@@ -180,12 +231,15 @@ def test_one_region_alpha_one_reduces_to_seesaw_mitigation(regions):
     feed(loss, [0.3, 0.6, 0.2, 0.5], [0, 0, 0, 2], 3)  # k = 3, 0 (kept: 2), 1
     loss.on_epoch_end()
     torch.testing.assert_close(value(loss, z, t), reference(z, t, [3, 2, 1]))
+    # the default reading divides by one size for all classes: W_c = sum_k k_k / k_c, inverse frequency
+    default = GHMCWAPLoss(counts, num_regions=1, alpha=1.0, gamma=gm, regions=regions, normalize_weights=False)
+    torch.testing.assert_close(default.weight_table, (13.0 / torch.tensor(counts, dtype=torch.float32))[:, None])
 
 
 def test_warm_start_uniform_and_ce():
     """Uniform warm start: v_{c,i} = n_c/N, so W = N for everyone and S_c = N^{1-a} n_c^a."""
     N, a, gm = 30, 0.9, 0.8
-    loss = GHMCWAPLoss([100, 10], normalize_weights=False)
+    loss = GHMCWAPLoss([100, 10], normalize_weights=False, intra_weight="printed")
     torch.testing.assert_close(loss.hist_prev, torch.tensor([[100 / N] * N, [10 / N] * N]))
     torch.testing.assert_close(loss.weight_table, torch.full((2, N), float(N)))
     torch.testing.assert_close(
@@ -197,7 +251,7 @@ def test_warm_start_uniform_and_ce():
     hand0 = -math.log(math.exp(1) / (math.exp(1) + math.exp(2 + m01)))
     hand1 = -math.log(math.exp(2) / (math.exp(1) + math.exp(2)))
     torch.testing.assert_close(value(loss, z, t), N * torch.tensor([hand0, hand1]))
-    normalised = GHMCWAPLoss([100, 10])  # default batch normalisation: mean weight 1
+    normalised = GHMCWAPLoss([100, 10], intra_weight="printed")  # batch normalisation: mean weight 1
     torch.testing.assert_close(value(normalised, z, t), torch.tensor([hand0, hand1]))
 
     ce = GHMCWAPLoss([100, 10], warm_start="ce", normalize_weights=False)
@@ -328,7 +382,8 @@ def test_variants_and_registry():
         F.cross_entropy(z + a_only.margin[t], t, reduction="none"),
     )
     for bad in (dict(regions="adaptive"), dict(num_regions=0), dict(aura_floor=1.0),
-                dict(normalize_weights="mean"), dict(warm_start="zeros")):
+                dict(normalize_weights="mean"), dict(warm_start="zeros"), dict(intra_weight="class"),
+                dict(effective_size="density")):
         with pytest.raises(ValueError):
             GHMCWAPLoss([5, 1], **bad)
 

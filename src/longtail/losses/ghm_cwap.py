@@ -10,7 +10,8 @@ true class). Every class ``c`` keeps its own histogram ``H_c`` of ``g`` over ``N
 (default ``N = 30``); ``v_{c,i}`` is the value of region ``i`` and ``d_{c,i}`` its width.
 
 * Effective size (Sec. 3.2):  ``S_c = sum_i v_{c,i}^alpha``  (``alpha = 0.9``).
-* Intra-category balance, Eq. (1):  ``W_{c,i} = 1 / (v_{c,i}^alpha / S_c) = S_c / v_{c,i}^alpha``.
+* Intra-category balance, Eq. (1):  ``W_{c,i} = 1 / (v_{c,i}^alpha / S_c) = S_c / v_{c,i}^alpha``
+  as printed; the default here divides by a size common to all classes instead (decision 2a).
 * Inter-category balance, Eq. (2):  ``M_{m,n} = gamma * log(min(1, S_n / S_m))`` (``gamma = 0.8``),
   added to logit ``z_n`` for a sample of class ``m``.  ``M_{m,m} = 0``, so the margin falls on the
   non-target logits only.  For a *head-class sample* ``m`` and a *tail-class logit* ``n``
@@ -36,8 +37,50 @@ Decisions where the paper is ambiguous
    GHM's difficulty measure and keeps the histogram independent of the inter-category switch.
    ``grad_norm="adjusted"`` uses the margin-adjusted softmax of Eq. (3) instead (the exact norm
    of the loss's gradient on ``z_y`` before the weight ``W``).
-2. **Values are Algorithm-1 densities.** ``v_{c,i}`` in Eqs. (1)-(2) is the value of
-   Algorithm 1 (each example adds ``1/(N d_{c,i})``); with URA this is exactly the count.
+2. **Counts for S, densities for W** (``effective_size``). Sec. 3.2 defines ``v_{c,i}`` as "the
+   number of examples" in region ``i``; Sec. 3.3 re-uses the symbol for Algorithm 1's value, which
+   adds ``1/(N d_{c,i})`` per example (a density; the count under URA, where ``d = 1/N``). We read
+   the effective *sample size* of Sec. 3.2 as built from counts, ``S_c = sum_i k_{c,i}^alpha`` with
+   ``k_{c,i}`` the examples counted in region ``i`` (``effective_size="counts"``, default; with
+   ``N`` regions ``n_c^alpha <= S_c <= N^(1-alpha) n_c^alpha``, so Eq. 2 orders two classes by size
+   whenever their counts differ by more than ``N^((1-alpha)/alpha)``, 1.46 for the paper's N, alpha),
+   and the ``v^alpha`` in the denominator of Eq. (1) as Algorithm 1's density (GHM's weight is
+   the inverse of a gradient *density*; a count per region would make narrow AURA regions count
+   as sparse). ``effective_size="values"`` builds S_c from the densities too (the literal
+   Sec. 3.3 reading, and this module's behaviour before issue 17): under AURA a class squeezed
+   into one narrow region gets an S_c far above its size. On 20 Newsgroups-LT after 100 epochs
+   with ``intra_weight="printed"`` (seed 0) the 67-post class had S = 206 from densities, above
+   the 178-post class's 182 (10 of the 190 class pairs ordered against their counts), and
+   49 against 148 from counts (no pair out of order); with the default ``intra_weight`` both
+   orders match the counts. Measured effect on top-1 (below, 2a): 62.46 ± 0.06 (counts) against
+   62.09 ± 0.47 (values) with ``intra_weight="global"``; 37.75 ± 2.03 against 39.64 ± 1.62 with
+   ``"printed"``.
+2a. **Intra weight** (``intra_weight``). Eq. (1) as printed (``"printed"``) is ``W = S_c /
+   v^alpha``. Inside a class this is GHM's inverse density, but the factor S_c grows with the
+   class: a class spread over all N regions gets ``W ~ N`` per example while a class whose examples
+   share one region gets ``W = 1`` (its S_c equals that region's ``v^alpha``), so the total weight
+   of class c is ``S_c sum_i v_{c,i}^(1-alpha)`` (URA), larger for the head than its size already makes
+   it. On fixed sentence features the tail posts are never fitted and sit in one or two regions:
+   on 20 Newsgroups-LT after 100 epochs with ``"printed"`` (seed 0, weights of the training posts
+   under the final tables) the largest weight is 717 (a class-0 post) and each of the ten classes
+   of 67 posts or fewer gets 0.007-0.17 % of the total weight (0.2-2.4 % of the posts); with
+   ``"global"`` each of the five few-shot classes gets 0.96-2.35 %. That couples difficulty and sample size, the
+   opposite of the stated aim ("to decouple the difficulty and sample size", Sec. 1; "harmonizes
+   the easy and hard of examples in each category separately", Sec. 3.2). ``"global"`` (default)
+   is GHM's own weight ``beta_i = N_total / GD(g_i)`` (Li et al. 2019) with the category's density
+   ``GD_c``: ``W_{c,i} = S / v_{c,i}^alpha`` with one normaliser ``S = sum_c S_c`` for all classes
+   (any constant: the default batch normalisation divides it out), i.e. S_c of Eq. (1) read as the
+   size normaliser GHM divides by, not as a per-class factor. Each class's histogram is then
+   harmonised separately (no head-class region can swamp a tail class's, Fig. 2a) and no class is
+   weighted up for being large. ``normalize_weights="class"`` (decision 8) is a third reading:
+   every class's mean weight is 1, so W re-weights only inside a class (S_c cancels, so it does not
+   depend on ``intra_weight``). Measured on 20 Newsgroups-LT (top-1 %, mean ± sample std over
+   seeds 0 1 2, CPU, ``longtail train configs/newsgroups_lt/ROW.yaml seed=S engine.device=cpu``
+   for S in 0 1 2, commit 4a10b4f + this change): ``"global"`` (row ``ghm_cwap``) 62.46 ± 0.06
+   (few-shot 36.16 ± 0.61); ``"printed"`` (row ``ghm_cwap_printed``) 37.75 ± 2.03 (few-shot 0.00);
+   per-class normalisation (row ``ghm_cwap_class_norm``) 52.95 ± 0.33 (few-shot 7.71 ± 0.56);
+   CE 47.75 ± 0.02 and Seesaw 54.78 ± 0.07 (rows ``ce``, ``seesaw``, at 5f35e0d). The paper's
+   Table 1-3 numbers cannot tell the readings apart, and the paper links no code.
 3. **Per-class regions.** The paper writes ``d_{c,i}`` (one set of widths per class), so the
    region boundaries are a ``[C, N+1]`` buffer, looked up on device with ``torch.searchsorted``
    (right-closed: ``g`` exactly on a boundary goes to the upper region, ``g = 1`` to the last one).
@@ -52,8 +95,10 @@ Decisions where the paper is ambiguous
 5. **First epoch (warm start).** Algorithm 1 starts from ``v = 0``, which leaves ``S_c = 0`` and
    Eqs. (1)-(2) undefined during the first epoch.  ``warm_start="uniform"`` (default) assumes the
    least-informative histogram consistent with the known class size: ``n_c / N`` examples in each
-   of the ``N`` equal regions.  Then ``W_{c,i} = N`` for every sample (no difficulty information
-   yet; 1 after normalisation) and ``S_c = N^{1-alpha} n_c^alpha``, so the first-epoch margins are
+   of the ``N`` equal regions.  Then ``S_c = N^{1-alpha} n_c^alpha``; the printed weights are
+   ``W_{c,i} = N`` for every sample (no difficulty information yet; 1 after normalisation), the
+   default ``"global"`` ones ``W_c = S (N / n_c)^alpha``, the weights ``prop. n_c^-alpha`` that the
+   later epochs give a class whose examples share one region; the first-epoch margins are
    ``gamma * alpha * log(min(1, n_n / n_m))`` - the inter-category balance from the class counts,
    identical to what a single-region histogram of the class would give.  ``n_c`` are the
    ``class_counts`` passed in (the training split), whatever sampler is used.
@@ -65,17 +110,17 @@ Decisions where the paper is ambiguous
    regions left to right with the new widths, region index by region index, as printed.
 7. **Empty region guard.** A sample can fall into a region that was empty in the previous epoch;
    the value of an empty region is taken as one example's worth, ``1/(N d_{c,i})`` (1 for URA),
-   the least a region holding this sample would have; so ``W <= S_c (N d_{c,i})^alpha``.
+   the least a region holding this sample would have; so ``W <= S_c (N d_{c,i})^alpha`` (``S`` for ``"global"``).
    (Non-empty regions are used as they are, including the fractional warm-start values.)
    A class whose histogram is entirely empty (possible only with ``warm_start="ce"``) gets
    ``W = 1``; in the margins ``S`` is clamped to at least 1.
-8. **Weight normalisation.** The paper's ``W`` grows with the number of occupied regions, which
-   drifts the loss scale.  ``normalize_weights=True`` (alias ``"batch"``) divides the batch's
-   ``W`` by its batch mean (detached), so the mean sample weight in every batch is 1 and the
-   relative weights of Eq. (1) inside the batch are unchanged (graph-safe: a mean, no branch).
-   ``"class"`` instead divides each class's ``W`` row, once per epoch, by its expected value
-   under that class's previous-epoch histogram (mean weight 1 per class, so ``W`` then only
-   re-weights inside a class).  ``False``/``"none"`` uses Eq. (1) as printed.
+8. **Weight normalisation.** Eq. (1)'s ``W`` grows with the number of occupied regions (and, as
+   printed, with S_c), which drifts the loss scale.  ``normalize_weights=True`` (alias ``"batch"``)
+   divides the batch's ``W`` by its batch mean (detached), so the mean sample weight in every batch
+   is 1 and the relative weights of Eq. (1) inside the batch are unchanged (graph-safe: a mean, no
+   branch). ``"class"`` instead divides each class's ``W`` row, once per epoch, by its expected
+   value under that class's previous-epoch histogram (mean weight 1 per class, so ``W`` then only
+   re-weights inside a class; see 2a).  ``False``/``"none"`` uses the weights of Eq. (1) unscaled.
 9. **Counting.** Histograms count every example passed to :meth:`per_sample` while the module is
    in training mode and autograd is enabled (so evaluation under ``torch.no_grad()`` or after
    ``.eval()`` does not pollute them), with repeats counted as the sampler draws them (Algorithm 1:
@@ -104,6 +149,8 @@ _REGIONS = ("aura", "ura")
 _WARM_STARTS = ("uniform", "ce")
 _NORMALIZE = {True: "batch", False: "none", "batch": "batch", "class": "class", "none": "none"}
 _GRAD_NORMS = ("plain", "adjusted")
+_INTRA_WEIGHTS = ("global", "printed")
+_EFFECTIVE_SIZES = ("counts", "values")
 
 # Rows of the paper's ablation (Table 3). "A^AURA" (inter only, AURA) is not a row of the
 # table but completes the grid; "softmax" is the plain cross-entropy row.
@@ -161,6 +208,10 @@ class GHMCWAPLoss(Loss):
             (see the module docstring, decision 8).
         grad_norm: ``"plain"`` (``1 - softmax(z)_y``) or ``"adjusted"`` (margin-adjusted softmax).
         aura_floor: the guard of ``d <- 1/log(max(v, aura_floor))``; must be > 1 (default ``e``).
+        intra_weight: ``"global"`` (``W = S / v^alpha``, ``S = sum_c S_c``; default) or ``"printed"``
+            (``W = S_c / v^alpha``, Eq. 1 as printed); see the module docstring, decision 2a.
+        effective_size: ``"counts"`` (S_c from the examples counted per region; default) or
+            ``"values"`` (from Algorithm 1's densities); decision 2.
 
     See the module docstring for the equations and every decision on ambiguities.
     """
@@ -178,6 +229,8 @@ class GHMCWAPLoss(Loss):
         normalize_weights: bool | str = True,
         grad_norm: str = "plain",
         aura_floor: float = math.e,
+        intra_weight: str = "global",
+        effective_size: str = "counts",
     ) -> None:
         super().__init__()
         counts = counts_tensor(class_counts)
@@ -200,6 +253,16 @@ class GHMCWAPLoss(Loss):
             raise ConfigError(f"grad_norm must be one of {_GRAD_NORMS}, got {grad_norm!r}")
         if not aura_floor > 1:
             raise ConfigError(f"aura_floor must be > 1 so that log(floor) > 0, got {aura_floor!r}")
+        if intra_weight not in _INTRA_WEIGHTS:
+            raise ConfigError(
+                f"intra_weight must be 'global' (W = S / v^alpha, S summed over the classes: the default) or "
+                f"'printed' (W = S_c / v^alpha, Eq. 1 as printed), got {intra_weight!r}"
+            )
+        if effective_size not in _EFFECTIVE_SIZES:
+            raise ConfigError(
+                f"effective_size must be 'counts' (S_c from the examples counted per region: the default) or "
+                f"'values' (from Algorithm 1's density values), got {effective_size!r}"
+            )
 
         self.num_classes = int(counts.numel())
         self.num_regions = int(num_regions)
@@ -212,6 +275,8 @@ class GHMCWAPLoss(Loss):
         self.normalize_weights = _NORMALIZE[normalize_weights]
         self.grad_norm = grad_norm
         self.aura_floor = float(aura_floor)
+        self.intra_weight = intra_weight
+        self.effective_size_from = effective_size
 
         C, N = self.num_classes, self.num_regions
         self.register_buffer("class_counts", counts)
@@ -253,24 +318,29 @@ class GHMCWAPLoss(Loss):
             self.weight_table.fill_(1.0)
             self.margin.zero_()
 
+    def _effective_size(self, v: torch.Tensor) -> torch.Tensor:
+        """``S_c = sum_i v_{c,i}^alpha`` (Sec. 3.2) of a ``[C, N]`` histogram; ``0**0`` counts as 0."""
+        if self.alpha == 0:
+            return (v > 0).sum(1).to(v.dtype)
+        return v.pow(self.alpha).sum(1)
+
     @torch.no_grad()
     def _refresh_tables(self) -> None:
         """Recompute 1/(N d), S_c, W_{c,i} and M_{m,n} from the buffers (in place)."""
         N = self.num_regions
         self.increment.copy_(1.0 / (N * self._widths(self.edges_cur)))
         v = self.hist_prev.clamp_min(0.0)
-        size = v.pow(self.alpha).sum(1)  # S_c, Sec. 3.2 (0**0 counts as 0 for empty regions)
-        if self.alpha == 0:
-            size = (v > 0).sum(1).to(v.dtype)
+        one_example = 1.0 / (N * self._widths(self.edges_prev))  # value of one example
+        examples = v / one_example  # examples counted per region
+        size = self._effective_size(examples if self.effective_size_from == "counts" else v)  # S_c
         self.effective_size.copy_(size)
         has_hist = size > 0
 
         if self.intra:
-            one_example = 1.0 / (N * self._widths(self.edges_prev))  # value of one example
             filled = torch.where(v > 0, v, one_example)  # an empty region: one example's worth
-            weight = size[:, None] / filled.pow(self.alpha)  # Eq. (1)
+            scale = size if self.intra_weight == "printed" else size.sum().expand_as(size)  # S_c or S
+            weight = scale[:, None] / filled.pow(self.alpha)  # Eq. (1)
             if self.normalize_weights == "class":
-                examples = v / one_example  # counts per region
                 expected = (examples * weight).sum(1) / examples.sum(1).clamp_min(1e-12)
                 expected = torch.where(has_hist, expected, torch.ones_like(expected))
                 weight = weight / expected[:, None]
@@ -364,5 +434,6 @@ class GHMCWAPLoss(Loss):
             f"gamma={self.gamma}, intra={self.intra}, inter={self.inter}, "
             f"regions={self.regions!r}, "
             f"warm_start={self.warm_start!r}, normalize_weights={self.normalize_weights!r}, "
-            f"grad_norm={self.grad_norm!r}"
+            f"grad_norm={self.grad_norm!r}, intra_weight={self.intra_weight!r}, "
+            f"effective_size={self.effective_size_from!r}"
         )
