@@ -411,3 +411,65 @@ def test_ladc_on_features_rebalances_towards_the_tail(tmp_path, monkeypatch):
     assert ladc["stage_options"][1]["record"]["head_classes"] == [0, 1]  # 150/260 < 60% <= 240/260
     assert ladc["test"]["few"] > ce["test"]["few"] + 10
     assert ladc["test"]["top1"] > ce["test"]["top1"]
+
+
+# ------------------------------------------------------------------------- beta (issue 17)
+def gaussian_features_with_val(_config=None) -> LongTailedDataset:
+    """:func:`gaussian_features` plus a balanced validation split of 20 points per class."""
+    ds = gaussian_features()
+    rng = np.random.default_rng(1)
+    centres = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+    yv = np.repeat(np.arange(4), 20)
+    ds.val = ArraySplit((centres[yv] + rng.normal(size=(len(yv), 2))).astype(np.float32), yv)
+    return ds
+
+
+BLOBS = ["engine.progress=false", "stages.0.epochs=10", "stages.0.batch_size=64", "stages.0.augment=none",
+         "stages.0.schedule.milestones=[]", "stages.0.schedule.warmup_epochs=0", "stages.0.mixing=null",
+         "stages.1.batch_size=64", "stages.1.epochs=4", "stages.1.schedule.milestones=[2]"]
+
+
+def test_beta_default_without_a_validation_split_is_the_fixed_lower_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", gaussian_features)
+    results = runner.run_config(load_config(mapping={"method": "ladc", "name": "ladc"},
+                                            overrides=[f"output_dir={tmp_path}", *BLOBS]))
+    record = results["stage_options"][1]["record"]
+    assert record["beta"] == 0.4 and record["beta_source"] == "fixed (no validation split)"
+    assert LADCOptions().beta == "auto" and LADCOptions().beta_grid == (0.4, 0.7, 1.0, 1.3)
+
+
+def test_beta_is_chosen_on_the_validation_split_and_the_chosen_classifier_is_the_one_trained(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", gaussian_features_with_val)
+    grid = ["stages.1.options.beta_grid=[0.4, 1.3]"]
+    chosen = runner.run_config(load_config(mapping={"method": "ladc", "name": "auto"},
+                                           overrides=[f"output_dir={tmp_path}", *BLOBS, *grid]))
+    record = chosen["stage_options"][1]["record"]
+    scores = record["beta_val_accuracy"]
+    assert record["beta_source"] == "validation" and set(scores) == {"0.4", "1.3"}
+    best = max((0.4, 1.3), key=lambda b: (scores[str(b)], -b))
+    assert record["beta"] == best
+    # the final classifier is the scored one: its balanced validation accuracy is the chosen score ...
+    assert np.mean(chosen["val"]["per_class_accuracy"]) == pytest.approx(scores[str(best)], abs=1e-3)
+    # ... and the same run with that beta fixed trains the same classifier (same RNG state)
+    fixed = runner.run_config(load_config(mapping={"method": "ladc", "name": "fixed"},
+                                          overrides=[f"output_dir={tmp_path}", *BLOBS, f"stages.1.options.beta={best}"]))
+    assert fixed["stage_options"][1]["record"]["beta_source"] == "given"
+    assert fixed["test"]["per_class_accuracy"] == chosen["test"]["per_class_accuracy"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"beta": "vall"}, "must be a number or 'auto'"),
+    ({"beta": -0.5}, "beta must be >= 0"),
+    ({"beta_grid": []}, "beta_grid"),
+    ({"beta_grid": [0.4, "x"]}, "beta_grid"),
+    ({"beta": "val", "calibration": "dc"}, "does not use"),
+])
+def test_bad_beta_options(options, message):
+    with pytest.raises(ConfigError, match=message):
+        LADCOptions.from_options(options)
+
+
+def test_beta_val_without_a_validation_split_fails_before_stage1(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="val_per_class"):
+        run(tmp_path, monkeypatch, "ladc", "stages.1.options.beta=val")
+    assert not (tmp_path / "ladc" / "seed0" / "stage0_stage1.pt").exists()
