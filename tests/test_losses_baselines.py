@@ -117,6 +117,41 @@ def test_softmax_focal_hand_values_and_gamma_zero_is_ce():
     close(per_sample(build_loss("focal", alpha=alpha)), [alpha[Y[i]] * expected[i] for i in range(3)])
 
 
+def _ldam_code_focal(z, y, w, gamma):
+    """The LDAM-DRW code's FocalLoss by hand: c = w_y CE, (1 - exp(-c))^gamma c, mean over the batch."""
+    c = np.array([w[y[i]] * np_ce(z[i], y[i]) for i in range(len(y))])
+    return (1 - np.exp(-c)) ** gamma * c
+
+
+def test_softmax_focal_ldam_code_weight_form_puts_the_weight_inside_the_modulating_factor():
+    """Issue 17: with per-class weights the LDAM-DRW code's form differs from Lin et al.'s; without, it is the same."""
+    alpha, gamma = [0.5, 2.0, 3.0], 1.0
+    code = build_loss("focal", gamma=gamma, alpha=alpha, weight_form="ldam_code")
+    expected = _ldam_code_focal(Z, Y, alpha, gamma)
+    close(per_sample(code), expected)
+    assert float(code(zt(), yt())) == pytest.approx(expected.mean(), rel=1e-5)  # mean over B, as the code
+    outside = per_sample(build_loss("focal", gamma=gamma, alpha=alpha))
+    assert not np.allclose(outside, expected, rtol=1e-3)
+    close(per_sample(build_loss("focal", gamma=gamma, weight_form="ldam_code")), per_sample(build_loss("focal", gamma=gamma)))
+    with pytest.raises(ConfigError, match="weight_form"):
+        build_loss("focal", weight_form="inside")
+
+
+def test_drw_with_the_ldam_code_focal_is_the_ldam_drw_codes_focal_drw():
+    """drw(base=focal, weight_form=ldam_code, normalize=batch) after the switch = FocalLoss(weight=CB, gamma=1)
+    of the LDAM-DRW code; the default drw(base=focal) stays sum_i w_yi focal_i / sum_i w_yi."""
+    w = class_balanced_weights(COUNTS, 0.9999).numpy()
+    code = build_loss("drw", class_counts=COUNTS, base="focal", gamma=1.0, weight_form="ldam_code",
+                      normalize="batch", start_epoch=0)
+    code.on_epoch_start(0, 2)
+    assert float(code(zt(), yt())) == pytest.approx(_ldam_code_focal(Z, Y, w, 1.0).mean(), rel=1e-5)
+    default = build_loss("drw", class_counts=COUNTS, base="focal", gamma=1.0, start_epoch=0)
+    default.on_epoch_start(0, 2)
+    focal = per_sample(build_loss("focal", gamma=1.0))
+    wy = w[Y]
+    assert float(default(zt(), yt())) == pytest.approx(float((wy * focal).sum() / wy.sum()), rel=1e-5)
+
+
 def test_softmax_focal_gradient_finite_when_confident():
     z = torch.tensor([[60.0, -60.0, -60.0]], requires_grad=True)
     for gamma in (0.5, 2.0):

@@ -29,7 +29,12 @@ class DeferredReweighting(Loss):
 
     ``base`` is a registered loss name (built with :func:`build_loss`, receiving ``class_counts``
     and ``**base_options``) or an already built :class:`Loss`; its ``per_sample`` is used (a base
-    that overrides ``forward`` with its own reduction is reduced as above instead). In a config:
+    that overrides ``forward`` with its own reduction is reduced as above instead). A base with a
+    ``class_weighted_per_sample(logits, targets, weights)`` method (the softmax focal loss) places the
+    weights itself: for ``focal`` with ``weight_form: ldam_code`` the weight goes inside the
+    modulating factor, as in Cao et al.'s code; add ``normalize: batch`` for their reduction (mean
+    over the batch), i.e. their Focal + DRW is ``{name: drw, base: focal, gamma: 1.0,
+    weight_form: ldam_code, normalize: batch}``. In a config:
     ``loss: {name: drw, base: ldam, start_epoch: 160, max_m: 0.5, s: 30}``.
     The current weights are the buffer ``weights`` [C], switched in place (``copy_``) in
     :meth:`on_epoch_start`, which also forwards the call to the base loss.
@@ -67,6 +72,9 @@ class DeferredReweighting(Loss):
         self.base.on_epoch_end()
 
     def per_sample(self, logits, targets):
+        weighted = getattr(self.base, "class_weighted_per_sample", None)
+        if weighted is not None:  # the base places the weights itself (focal's weight_form)
+            return weighted(logits, targets, self.weights)
         return self.weights[targets] * self.base.per_sample(logits, targets)
 
     def forward(self, logits, targets, sample_weight=None):
