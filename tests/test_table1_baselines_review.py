@@ -41,11 +41,12 @@ def test_defaults_are_the_papers_values():
 
 
 def test_ghm_cwap_margin_is_seesaw_mitigation_on_effective_sizes():
-    """One region, alpha = 1: S_c = n_c (warm start), and gamma log min(1, S_n/S_m) is exactly
+    """One region, alpha = 1, Eq. 1 as printed: S_c = n_c (warm start), W = S_c / v = 1, and
+    gamma log min(1, S_n/S_m) is exactly
     Seesaw's mitigation factor (N_n/N_m)^p for N_n < N_m with p = gamma (the paper takes
     gamma = 0.8 from Seesaw): head samples get a negative margin on tail logits."""
     counts = [50, 20, 5, 5]
-    ours = GHMCWAPLoss(counts, num_regions=1, alpha=1.0, normalize_weights=False)
+    ours = GHMCWAPLoss(counts, num_regions=1, alpha=1.0, normalize_weights=False, intra_weight="printed")
     seesaw = SeesawLoss(counts, p=0.8, q=0.0).eval()  # eval: the counts stay as set
     seesaw.cum_counts.copy_(torch.tensor(counts))
     torch.manual_seed(0)

@@ -170,7 +170,7 @@ def test_text_configs_and_table_methods_match():
         config = load_config(TEXT_CONFIGS / f"{method}.yaml")
         assert config.name == f"newsgroups_lt_{method}" and config.method in (None, method) and description
         assert config.model.encoder == "identity" and config.model.head == "linear"
-        assert config.data.val_per_class == (20 if method == "glag" else 0)
+        assert config.data.val_per_class == (20 if method in ("glag", "ladc_val") else 0)
         config.data.val_per_class = 0
         assert config.data == ce.data
         first, shared = config.stages[0], ce.stages[0]
@@ -187,9 +187,9 @@ def test_text_configs_run_end_to_end(tmp_path, monkeypatch, method):
     if len(config.stages) > 1 and config.stages[1].epochs:
         config.stages[1].epochs, config.stages[1].schedule.milestones = 3, [1, 2]
     results = runner.run_config(config)
-    # int(60 · 0.1^(c/2)); glag's validation split (20 a class) borrows 20 of class 0's 60 posts (all
+    # int(60 · 0.1^(c/2)); the validation split of glag and ladc_val (20 a class) borrows 20 of class 0's 60 posts (all
     # selected) and 2 of class 1's 18 (b.small: 36 posts, 18 left over)
-    assert results["class_counts"] == ([40, 16, 6] if method == "glag" else [60, 18, 6])
+    assert results["class_counts"] == ([40, 16, 6] if method in ("glag", "ladc_val") else [60, 18, 6])
     assert 0 <= results["test"]["top1"] <= 100
     if method == "ladc":
         record = results["stage_options"][1]["record"]

@@ -7,8 +7,8 @@ long-tailed subset itself is fixed by ``data.selection_seed: 0``, the seed chang
 and sampling), and writes ``benchmarks/results/newsgroups_lt.json`` and ``.md``: top-1 mean ±
 sample std over the seeds, many / medium / few (train count > 100 / 20–100 / < 20), the command,
 commit, device and seconds. ``--methods ce glag`` runs a subset (in the order given), ``--results``
-writes elsewhere. Every config shares the data block and the stage-1 settings; only ``glag`` adds
-a validation split (``data.val_per_class``), so it trains on 20 fewer posts: the table says so.
+writes elsewhere. Every config shares the data block and the stage-1 settings; only ``glag`` and ``ladc_val`` add
+a validation split (``data.val_per_class``), so they train on 20 fewer posts: the table says so.
 
 The LADC paper's text experiment (its Table 5) is on THUCNews-LT — Chinese news, 10 classes,
 backbones trained on the text — a different dataset and setting: its numbers are not comparable
@@ -43,14 +43,18 @@ METHODS = {
     "lws": "CE classifier + LWS (per-class scale, class-balanced sampling)",
     "balanced_softmax": "Balanced Softmax (CE on z + log n)",
     "ladc": "CE classifier + LADC stage 2 (calibrated tail features, LWS-Plus)",
+    "ladc_val": "LADC with beta chosen on a validation split (0.4 / 0.7 / 1.0 / 1.3)",
+    "ladc_uncalibrated": "LADC's stage 2 (sampler, LWS-Plus) without calibrated features",
     "ladc_class_sampling": "LADC with Eq. 13 read literally (class i drawn ~ n_1/n_i^tau; ours reads it per post)",
     "iwb": "IWB+CB: wd 1.5e-3 CE classifier + CB loss and KL on the weight norms (lambda 0.15)",
     "wd_maxnorm_cb": "WD+MaxNorm+CB: wd 1.5e-3 CE classifier + CB loss, weight decay, per-class norm cap",
     "glag": "GLAG: GraLoss classifier + AFG stage 2 (generated tail features, LWS, KD, beta on val)",
     "ghm_cwap": "GHM-CWAP loss (category-wise gradient harmonising, margins, AURA)",
+    "ghm_cwap_printed": "GHM-CWAP with Eq. 1 as printed, W = S_c / v^alpha (class size multiplies the weights)",
     "ghm_cwap_class_norm": "GHM-CWAP with intra-category weights normalised per class (ours)",
     "seesaw": "Seesaw loss (p 0.8, q 2)",
     "bwlm": "BWLM: head-half stage 1 + new layer on the balanced review set (BFS loss, weight decay)",
+    "bwlm_full_counts": "BWLM with stage-2 losses on the full training counts (label prior corrected twice)",
     "bwlm_naive": "CE with wd 1.5e-3 (BWLM's 'naive'; the stage 1 of iwb and wd_maxnorm_cb)",
     "logit_adjusted": "Logit-adjusted loss, tau 1 (equal to Balanced Softmax)",
     "tau_norm": "CE classifier + tau-normalisation, tau = 1",
