@@ -1,7 +1,15 @@
-"""Atomic checkpoints: written to a temporary file and renamed, so a crash never leaves half a file."""
+"""Checkpoints: plain data only, written atomically, loaded with ``torch.load(weights_only=True)``.
+
+What the library saves is tensors and plain Python values (dict, list, tuple, str, int, float,
+bool, None): :func:`plain` converts numpy arrays and scalars and dataclasses, and refuses
+anything else, so every checkpoint written here loads with ``weights_only=True`` (which runs no
+code from the file). A file holding other pickled objects is refused with the fix.
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,10 +19,38 @@ import torch
 
 from ..errors import TrainingError
 
+PLAIN = (str, int, float, bool, type(None))  # exact types: np.float64 is a float subclass
+
+
+def plain(obj: Any, where: str = "checkpoint") -> Any:
+    """``obj`` as tensors and plain Python values (numpy -> tensors/scalars, dataclasses -> dicts);
+    a TypeError names any other object and where it sits."""
+    if type(obj) in PLAIN or isinstance(obj, (torch.Tensor, torch.dtype, torch.device)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        values = {key: plain(value, f"{where}[{key!r}]") for key, value in obj.items()}
+        if all(values[key] is value for key, value in obj.items()):
+            return obj  # unchanged: keeps an OrderedDict state dict's _metadata
+        return values
+    if isinstance(obj, (list, tuple)):
+        items = [plain(value, f"{where}[{i}]") for i, value in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise TypeError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; checkpoints hold tensors and plain "
+        "values (dict, list, str, int, float, bool, None) only: convert it (e.g. to a dict) before saving"
+    )
+
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """``torch.save(plain(obj))`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
+    obj = plain(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -27,22 +63,53 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+# Checkpoints written before numpy state was stored as tensors hold numpy arrays (the numpy RNG
+# state, uint32); these globals rebuild such an array and run nothing else.
+_NUMPY_ARRAYS = [np.arange(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save`, with a clear error if it is unreadable."""
+    """Load a checkpoint with ``torch.load(weights_only=True)``; a clear error if it is unreadable
+    or holds pickled Python objects."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"checkpoint {path} does not exist; train first or pass the run folder")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
+        with torch.serialization.safe_globals(_NUMPY_ARRAYS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not even readable as a pickle
+            found = []
+        if not found:
+            raise _unreadable(path, exc) from None
+        found = ", ".join(found)
         raise TrainingError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to restart "
-            "from the previous checkpoint or from scratch"
+            f"checkpoint {path} contains pickled Python objects ({found}); longtail loads checkpoints with "
+            "torch.load(weights_only=True), which runs no code from the file. If you trust the file, re-save it "
+            "with tensors and plain values only: load it with torch.load(path, weights_only=False), replace each "
+            "object by a dict/list/tensor, and torch.save the result to the same path"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure means a damaged file
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> TrainingError:
+    return TrainingError(
+        f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); delete it to restart "
+        "from the previous checkpoint or from scratch"
+    )
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    """The torch (CPU, CUDA) and numpy global RNG states as tensors and plain values."""
+    numpy = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {**numpy, "state": {"key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
+                                     "pos": int(numpy["state"]["pos"])}},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -50,7 +117,11 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        key = np.asarray(numpy["state"]["key"], dtype=np.int64).astype(np.uint32)
+        numpy = {**numpy, "state": {"key": key, "pos": numpy["state"]["pos"]}}
+    np.random.set_state(numpy)  # a dict, or the legacy tuple of older checkpoints
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

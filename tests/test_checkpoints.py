@@ -1,0 +1,94 @@
+"""Checkpoints hold tensors and plain values only and load with torch.load(weights_only=True);
+a file with pickled objects is refused with the fix."""
+import numpy as np
+import pytest
+import torch
+
+import longtail.engine.runner as runner
+from longtail.engine.checkpoint import atomic_save, load_checkpoint, plain, rng_state, set_rng_state
+from longtail.errors import TrainingError
+
+from .test_engine import config, tiny_dataset
+
+
+@pytest.fixture(autouse=True)
+def fake_data(monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", tiny_dataset)
+
+
+def test_every_checkpoint_a_run_writes_loads_with_weights_only(tmp_path):
+    """checkpoint.pt (periodic, mid-stage: optimizer and loss state, RNG) and the stage files of a
+    two-stage run whose stage options carry values of its own (MaxNorm's threshold)."""
+    cfg = config(tmp_path, "wd_maxnorm_cb", "stages.0.epochs=3", "stages.1.epochs=1", "engine.checkpoint_every=2")
+    original = runner.Run._save
+    saved = []
+
+    def save_and_reload(self, ctx, stage_index, epoch, trainer):
+        original(self, ctx, stage_index, epoch, trainer)
+        saved.append(torch.load(self.run_dir / "checkpoint.pt", weights_only=True))  # no allowlist at all
+
+    runner.Run._save = save_and_reload
+    try:
+        runner.run_config(cfg)
+    finally:
+        runner.Run._save = original
+    assert any(s["trainer"] is not None for s in saved)  # a mid-stage checkpoint, with optimizer state
+    files = sorted((tmp_path / "wd_maxnorm_cb" / "seed0").glob("*.pt"))
+    assert len(files) == 3
+    for path in files:
+        torch.load(path, weights_only=True)
+
+
+def test_the_numpy_rng_state_round_trips_as_tensors():
+    np.random.seed(3)
+    state = rng_state()
+    assert isinstance(state["numpy"]["state"]["key"], torch.Tensor)
+    expected = np.random.rand(4)
+    np.random.seed(99)
+    set_rng_state(state)
+    np.testing.assert_array_equal(np.random.rand(4), expected)
+
+
+def test_a_checkpoint_written_with_the_old_numpy_rng_state_still_resumes(tmp_path):
+    np.random.seed(3)
+    old = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}  # a tuple with a uint32 array
+    expected = np.random.rand(4)
+    torch.save({"rng": old}, tmp_path / "old.pt")
+    set_rng_state(load_checkpoint(tmp_path / "old.pt")["rng"])
+    np.testing.assert_array_equal(np.random.rand(4), expected)
+
+
+class Marker:
+    """Any class of the user's: weights_only refuses to rebuild it."""
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused_with_the_fix(tmp_path):
+    run_dir = tmp_path / "ce" / "seed0"
+    run_dir.mkdir(parents=True)
+    torch.save({"stage": 0, "epoch": 1, "extra": Marker()}, run_dir / "checkpoint.pt")
+    with pytest.raises(TrainingError, match=r"checkpoint .*checkpoint.pt contains pickled Python objects "
+                                            r"\(.*Marker\).*weights_only=True.*re-save it"):
+        runner.run_config(config(tmp_path))
+
+
+def test_a_damaged_checkpoint_is_called_unreadable(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="bad.pt is unreadable.*delete it"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_plain_converts_numpy_and_dataclasses_and_refuses_other_objects(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Point:
+        x: float
+
+    out = plain({"a": np.float64(1.5), "b": np.arange(3), "c": (np.int64(2), [Point(np.float32(0.5))])})
+    assert out["a"] == 1.5 and type(out["a"]) is float and torch.equal(out["b"], torch.arange(3))
+    assert out["c"] == (2, [{"x": 0.5}])
+    state = torch.nn.BatchNorm1d(2).state_dict()
+    assert plain(state) is state  # unchanged, _metadata (module versions) kept
+    with pytest.raises(TypeError, match=r"checkpoint\['k'\]\[0\] is a .*Marker; checkpoints hold tensors"):
+        atomic_save({"k": [Marker()]}, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
