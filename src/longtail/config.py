@@ -121,6 +121,8 @@ class EngineConfig:
     checkpoint_every: int = 20  # epochs; 0 disables periodic checkpoints
     cpu_threads: int = 0  # torch CPU threads (0: torch's default)
     progress: bool = True
+    # stop a stage whose epoch loss exceeds this x its running level (engine/trainer.py DivergenceCheck); 0/null: off
+    divergence_factor: float | None = 20.0
 
 
 @dataclass
@@ -382,6 +384,9 @@ def validate(config: RunConfig) -> None:
         bad = [] if stage.iterations else [m for m in sched.milestones if not 0 < m < stage.epochs]
         if bad:
             raise ConfigError(f"{where}.schedule.milestones {bad} lie outside 1..{stage.epochs - 1}")
+    factor = config.engine.divergence_factor
+    if factor is not None and factor != 0 and not factor > 1:
+        raise ConfigError(f"engine.divergence_factor must be more than 1, or 0 / null (off), got {factor!r}")
     if config.eval.select not in ("last", "best_val"):
         raise ConfigError(f"eval.select must be 'last' or 'best_val', got {config.eval.select!r}")
     if config.eval.select == "best_val" and config.data.val_per_class <= 0:

@@ -201,7 +201,8 @@ class Run:
             plan = None if finished else kind.build(ctx, stage)
             trainer = None
             if plan is not None:
-                trainer = StageTrainer(plan, self.runtime, progress=config.engine.progress)
+                trainer = StageTrainer(plan, self.runtime, progress=config.engine.progress,
+                                       divergence_factor=config.engine.divergence_factor, stage_index=index)
                 if resume is not None and index == resume["stage"] and resume["trainer"] is not None:
                     trainer.load_state_dict(resume["trainer"])
 

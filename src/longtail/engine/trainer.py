@@ -4,8 +4,9 @@ One training step = gather a batch on the device, augment it, forward under bf16
 backward, set the learning rate from a device-side table, fused SGD step, post-step
 constraints (e.g. MaxNorm), and accumulate loss/accuracy in device tensors. Nothing in the step
 reads a value back to the host, so on CUDA the step is captured once in a CUDA graph and
-replayed; the host synchronises once per epoch (to log the epoch's loss and check it is finite).
-On the CPU, or when a stage cannot be captured, the identical step runs eagerly.
+replayed; the host synchronises once per epoch (to log the epoch's loss and check it,
+:class:`DivergenceCheck`). On the CPU, or when a stage cannot be captured, the identical step
+runs eagerly.
 """
 from __future__ import annotations
 
@@ -68,11 +69,64 @@ def build_param_groups(named_params, config: OptimizerConfig) -> list[dict[str, 
     return list(groups.values())
 
 
-class StageTrainer:
-    """Runs the epochs of one :class:`StagePlan`."""
+DEFAULT_DIVERGENCE_FACTOR = 20.0
 
-    def __init__(self, plan: StagePlan, runtime: Runtime, progress: bool = True):
+
+class DivergenceCheck:
+    """Stops a stage whose training has failed, before its epoch is logged or checkpointed.
+
+    After each epoch: the loss must be finite, and so must the trained weights; and (with
+    ``factor``, ``engine.divergence_factor``; 0 or None: off) the epoch's mean loss must not be
+    more than ``factor`` x the running level, the lowest epoch loss since the level was last
+    set, while also above the first epoch's loss of that span (so a loss that fell near zero may
+    wobble). The level restarts with each stage (a new check), and at epochs where the loss itself
+    changes (a hook's ``loss_changes_at(epoch)``, e.g. DRW switching on its weights).
+    """
+
+    def __init__(self, stage: str, factor: float | None, where: str, lr: float):
+        self.stage, self.factor, self.where, self.lr = stage, factor or 0.0, where, lr
+        self.lowest: float | None = None
+        self.first: float | None = None
+        self.since = 0  # 1-based epoch the running level starts from
+
+    def restart(self) -> None:
+        self.lowest = self.first = None
+
+    def __call__(self, epoch: int, loss: float, bad_weights: int) -> None:
+        where = f"stage {self.stage!r}, epoch {epoch + 1}"
+        fix = (f"Lower the learning rate (e.g. {self.where}.optimizer.lr={self.lr / 10:g}; it is {self.lr:g}), "
+               "check the loss options and the inputs; the last checkpoint in the run folder is intact.")
+        if not math.isfinite(loss):
+            raise TrainingError(f"{where}: the training loss is not finite ({loss}). {fix}")
+        if bad_weights:
+            raise TrainingError(f"{where}: {bad_weights} trained weight tensor(s) hold NaN or inf values. {fix}")
+        if self.first is None:
+            self.first, self.lowest, self.since = loss, loss, epoch + 1
+            return
+        level = self.lowest
+        if self.factor and level > 0 and loss > self.factor * level and loss > self.first:
+            raise TrainingError(
+                f"{where}: the training loss diverged: {loss:.4g} is {loss / level:.3g}x its running level {level:.4g} "
+                f"(the lowest epoch loss since epoch {self.since}; engine.divergence_factor={self.factor:g}). {fix} "
+                "If the jump is expected, raise engine.divergence_factor or set it to 0 (off)."
+            )
+        self.lowest = min(level, loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lowest": self.lowest, "first": self.first, "since": self.since}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lowest, self.first, self.since = state["lowest"], state["first"], state["since"]
+
+
+class StageTrainer:
+    """Runs the epochs of one :class:`StagePlan`; ``stage_index`` names the stage in messages."""
+
+    def __init__(self, plan: StagePlan, runtime: Runtime, progress: bool = True,
+                 divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR, stage_index: int | None = None):
         self.plan, self.runtime, self.progress = plan, runtime, progress
+        where = f"stages.{stage_index}" if stage_index is not None else "stages.N"
+        self.check = DivergenceCheck(plan.name, divergence_factor, where, plan.optimizer.lr)
         device = runtime.device
         steps = plan.source.steps_per_epoch
         groups = build_param_groups(plan.named_params, plan.optimizer)
@@ -193,6 +247,8 @@ class StageTrainer:
         with DEVICE_RNG_LOCK:
             for hook in plan.hooks:
                 hook.on_epoch_start(epoch, plan.epochs)
+                if getattr(hook, "loss_changes_at", lambda _: False)(epoch):
+                    self.check.restart()
             plan.source.start_epoch(epoch)
             self.step_index.fill_(epoch * steps)
             self.totals.zero_()
@@ -210,15 +266,12 @@ class StageTrainer:
                 hook.on_epoch_end()
         world = self.runtime.world
         broadcast_buffers_(plan.train_modules, world)  # rank 0's BatchNorm statistics everywhere
-        loss_sum, correct = sum_(self.totals, world).tolist()  # the one host sync of the epoch
+        bad_weights = torch.stack([~torch.isfinite(p.detach()).all() for _, p in plan.named_params]).sum()
+        stats = torch.cat([self.totals, bad_weights.to(self.totals.dtype).view(1)])
+        loss_sum, correct, bad = sum_(stats, world).tolist()  # the one host sync of the epoch
         loss_sum /= world.size  # each rank's loss is the mean over its slice of the batch
         seen = last * plan.source.batch_size
-        if not math.isfinite(loss_sum):
-            raise TrainingError(
-                f"stage {plan.name!r}, epoch {epoch + 1}: the training loss is not finite ({loss_sum}). "
-                "Lower the learning rate, check the loss options and the inputs; the last checkpoint "
-                "in the run folder is intact."
-            )
+        self.check(epoch, loss_sum / last, int(bad))
         lr = float(self.optimizer.param_groups[0]["lr"])
         return {"loss": loss_sum / last, "train_acc": 100.0 * correct / seen, "lr": lr}
 
@@ -252,7 +305,8 @@ class StageTrainer:
         state = self.optimizer.state_dict()
         for group in state["param_groups"]:
             group["lr"] = float(group["lr"])
-        return {"optimizer": state, "hooks": [h.state_dict() for h in self.plan.hooks if isinstance(h, nn.Module)]}
+        hooks = [h.state_dict() for h in self.plan.hooks if isinstance(h, nn.Module)]
+        return {"optimizer": state, "hooks": hooks, "divergence": self.check.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -262,3 +316,5 @@ class StageTrainer:
         modules = [h for h in self.plan.hooks if isinstance(h, nn.Module)]
         for module, module_state in zip(modules, state["hooks"]):
             module.load_state_dict(module_state)
+        if "divergence" in state:  # older checkpoints: the level restarts
+            self.check.load_state_dict(state["divergence"])

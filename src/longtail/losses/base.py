@@ -52,6 +52,11 @@ class Loss(nn.Module):
     def on_epoch_end(self) -> None:
         """Hook called after each epoch. Default: nothing changes."""
 
+    def loss_changes_at(self, epoch: int) -> bool:
+        """Whether the loss itself changes at ``epoch`` (e.g. DRW switching on its weights), so that a
+        jump in its value there is expected (the divergence check restarts its level). Default: no."""
+        return False
+
 
 def loss_options(name: str, options: Mapping[str, Any] | None = None) -> list[str] | None:
     """The option names loss ``name`` takes (``class_counts`` comes from the run); a loss that

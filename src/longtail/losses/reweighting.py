@@ -68,6 +68,9 @@ class DeferredReweighting(Loss):
                 self.weights.fill_(1.0)
         self.base.on_epoch_start(epoch, total_epochs)
 
+    def loss_changes_at(self, epoch: int) -> bool:
+        return epoch == self.start_epoch or self.base.loss_changes_at(epoch)
+
     def on_epoch_end(self) -> None:
         self.base.on_epoch_end()
 

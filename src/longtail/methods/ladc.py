@@ -497,7 +497,7 @@ class LADCStage(StageKind):
             head.load_state_dict(initial)
             set_rng_state(rng)
             plan, _ = self._plan(ctx, stage, dataclasses.replace(opts, beta=beta))
-            StageTrainer(plan, ctx.runtime, progress=False).fit()
+            StageTrainer(plan, ctx.runtime, progress=False, divergence_factor=ctx.config.engine.divergence_factor).fit()
             scores[beta] = float(per_class_accuracy(head, feats, labels, ctx.dataset.num_classes).mean())
         head.load_state_dict(initial)
         set_rng_state(rng)
