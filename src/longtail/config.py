@@ -122,7 +122,7 @@ class EngineConfig:
     cpu_threads: int = 0  # torch CPU threads (0: torch's default)
     progress: bool = True
     # stop a stage whose epoch loss exceeds this x its running level (engine/trainer.py DivergenceCheck); 0/null: off
-    divergence_factor: float | None = 20.0
+    divergence_factor: float | None = 100.0
 
 
 @dataclass

@@ -69,7 +69,7 @@ def build_param_groups(named_params, config: OptimizerConfig) -> list[dict[str, 
     return list(groups.values())
 
 
-DEFAULT_DIVERGENCE_FACTOR = 20.0
+DEFAULT_DIVERGENCE_FACTOR = 100.0
 
 
 class DivergenceCheck:
