@@ -123,6 +123,7 @@ class EngineConfig:
     progress: bool = True
     # stop a stage whose epoch loss exceeds this x its running level (engine/trainer.py DivergenceCheck); 0/null: off
     divergence_factor: float | None = 100.0
+    tensorboard: bool = False  # also write metrics.jsonl's records to <run>/tensorboard/ (pip install 'longtail[tensorboard]')
 
 
 @dataclass

@@ -5,6 +5,8 @@ The run folder ``<output_dir>/<name>/seed<seed>/`` holds:
 - ``config.yaml``   the resolved config;
 - ``env.json``      versions, device, commit, command;
 - ``metrics.jsonl`` one line per epoch (stage, epoch, loss, train accuracy, lr, seconds, ...);
+- ``tensorboard/``  with ``engine.tensorboard: true``, the same records as TensorBoard scalars
+  (tag ``<stage>/<key>``, step = the stage's epoch); needs ``pip install 'longtail[tensorboard]'``;
 - ``checkpoint.pt`` the latest state (stage, epoch, model, optimizer, loss state, RNG), written
   atomically every ``engine.checkpoint_every`` epochs and at the end of each stage;
 - ``stage<i>_<name>.pt`` the model weights after each stage (shared stage 1 for benchmarks);
@@ -36,6 +38,7 @@ import yaml
 from ..config import RunConfig, to_dict
 from ..data.factory import load_dataset
 from ..data.files import FileDataset, FileSplit
+from ..errors import ConfigError
 from ..eval.metrics import EvalResult, weight_norms
 from ..eval.plots import plot_per_class_accuracy, plot_weight_norms
 from ..eval.report import format_report, write_json
@@ -108,6 +111,9 @@ class Run:
         self.run_dir = run_dir_of(config)
         self.runtime = Runtime.resolve(config.engine)
         self.writes = self.runtime.world.main  # under data parallelism rank 0 alone writes the run folder
+        self._tensorboard = None  # the SummaryWriter, opened with the first record
+        if config.engine.tensorboard:
+            _require_tensorboard()
         if fresh and self.writes and self.run_dir.exists():
             shutil.rmtree(self.run_dir)
 
@@ -142,10 +148,25 @@ class Run:
         return model
 
     def _log(self, record: dict[str, Any]) -> None:
+        """One epoch's record: a line of metrics.jsonl, and TensorBoard scalars when enabled."""
         if not self.writes:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.config.engine.tensorboard:
+            if self._tensorboard is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            for key, value in record.items():
+                if key not in ("stage", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tensorboard.add_scalar(f"{record['stage']}/{key}", value, global_step=record["epoch"])
+            self._tensorboard.flush()
+
+    def _close_tensorboard(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def _save(self, ctx: RunContext, stage_index: int, epoch: int, trainer: StageTrainer | None) -> None:
         if not self.writes:
@@ -165,6 +186,12 @@ class Run:
 
     # ------------------------------------------------------------------ main loop
     def execute(self) -> dict[str, Any]:
+        try:
+            return self._execute()
+        finally:
+            self._close_tensorboard()
+
+    def _execute(self) -> dict[str, Any]:
         results_path = self.run_dir / "results.json"
         if results_path.exists():
             return json.loads(results_path.read_text())
@@ -297,6 +324,16 @@ class Run:
         label = self.config.name
         plot_per_class_accuracy({label: (counts, results["test"]["per_class_accuracy"])}, self.run_dir / "per_class_accuracy.png")
         plot_weight_norms({label: (counts, results["weight_norms"])}, self.run_dir / "weight_norms.png")
+
+
+def _require_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401  (what torch.utils.tensorboard writes with)
+    except ImportError:
+        raise ConfigError(
+            "engine.tensorboard: true needs the tensorboard package: pip install 'longtail[tensorboard]' "
+            "(or set engine.tensorboard=false; metrics.jsonl has the same records)"
+        ) from None
 
 
 def run_config(config: RunConfig, command: str | None = None, fresh: bool = False) -> dict[str, Any]:
