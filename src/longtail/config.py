@@ -124,6 +124,7 @@ class EngineConfig:
     # stop a stage whose epoch loss exceeds this x its running level (engine/trainer.py DivergenceCheck); 0/null: off
     divergence_factor: float | None = 100.0
     tensorboard: bool = False  # also write metrics.jsonl's records to <run>/tensorboard/ (pip install 'longtail[tensorboard]')
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm over the global batch (nn.SyncBatchNorm; CUDA only)
 
 
 @dataclass

@@ -1,0 +1,651 @@
+"""Stacked training: K independent runs trained as one network, each writing its own run folder.
+
+K runs that share the data, the encoder architecture, and every training stage's kind, epochs,
+batch size, optimizer and schedule may differ in seed, loss, sampler, augmentation, mixing, head
+and post-hoc stages (seeds of one method, and methods that differ only there). They train as one
+:class:`~longtail.models.stacked.StackedEncoder` (convolutions with ``groups=K``) with one head,
+one loss (with its own state: DRW weights, GHM statistics, Seesaw counts), one
+:class:`DeviceSource` (its own sampler and data order) and one random stream per member; one SGD
+over the stacked tensors is K optimizers (SGD acts element by element). A step gathers every
+member's batch, runs the stacked encoder once on the batches side by side along the channels,
+each member's head and loss on its own features, and steps on the sum of the members' losses (so
+each member gets its own gradient); on CUDA that whole step is captured in one CUDA graph.
+Stage 2 on cached features stacks the same way: each member's head on its own cached features,
+all of them in one step.
+
+Each member is an ordinary :class:`~longtail.engine.runner.Run` (its own config, run folder,
+``metrics.jsonl``, stage weights, ``results.json``, plots, evaluation code): its encoder is set
+up with its own seed as alone, copied into the stack before a whole-network stage and back after
+it (and before any evaluation between epochs).
+
+Random numbers. On the CPU, and on CUDA while the step runs eagerly, each member's draws (data
+order, augmentation, mixing, head initialisation of a later stage) come from its own saved copy
+of the global generators, which starts where the run alone would have it after set-up: member k
+draws exactly the numbers the run alone draws, so on deterministic CPU kernels a member equals
+the run trained alone up to the float rounding of the grouped convolution
+(``tests/test_stacked.py`` states the tolerance). Inside a CUDA graph, generator states cannot be
+swapped, so the members draw in turn from the device generator: independent streams, not the
+solo seed's stream (a solo run under a CUDA graph is not bitwise reproducible either).
+
+Not covered (``stack_refusal`` says so, and ``longtail bench reproduce --stack`` runs such runs
+alone): method-specific stage kinds (GLAG, LADC, BWLM), classifier stages on online features
+(``features: online``, ``shift_bn``), images streamed from disk, encoders other than the CIFAR and
+torchvision ResNets, data parallelism, and resuming: stacked runs checkpoint at the end of each
+stage only (``checkpoint.pt`` with the stage's weights; a run interrupted inside a stage reruns
+that stage alone on resume, and a run with a ``checkpoint.pt`` is resumed alone).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import copy
+import dataclasses
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, StageConfig, to_dict
+from ..data.mixing import mixed_loss
+from ..data.sampling import build_sampler
+from ..errors import ConfigError, TrainingError
+from ..models.stacked import StackedEncoder, stack_refusal as encoder_refusal
+from . import trainer as _trainer
+from .concurrency import DEVICE_RNG_LOCK
+from .device import Runtime
+from .maxnorm import MaxNorm
+from .runner import Run
+from .schedules import factor_table
+from .sources import DeviceSource
+from .stages import RunContext, SupervisedStage, _augment, _mixer, build_stage_loss, stage_kind
+from .trainer import build_param_groups
+
+STACKABLE_ENCODERS = (
+    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet32x8",
+    "resnet10", "resnet50", "resnet152", "resnext50_32x4d", "resnet34_cifar_stem",
+)
+STREAMED_DATASETS = ("splitfile", "folder")
+
+
+# ---------------------------------------------------------------------------- compatibility
+def _schedule_key(schedule) -> dict[str, Any]:
+    key = to_dict(schedule)
+    if schedule.name != "multistep" or not schedule.milestones:
+        key.pop("gamma")  # has no effect
+    if schedule.name != "cosine":
+        key.pop("final_lr")
+    return key
+
+
+def _kind_class(name: str):
+    try:
+        return type(stage_kind(name))
+    except (KeyError, ConfigError):
+        return None
+
+
+def stack_refusal(config: RunConfig) -> str:
+    """Why ``config`` cannot train in a stack ('' when it can); see the module docstring."""
+    if config.model.encoder not in STACKABLE_ENCODERS:
+        return f"encoder {config.model.encoder!r} is not stackable (stackable: {', '.join(STACKABLE_ENCODERS)})"
+    if config.data.dataset in STREAMED_DATASETS:
+        return f"data.dataset {config.data.dataset!r} streams its images from disk"
+    if config.data.dataset == "newsgroups":
+        return "text features train an identity encoder (nothing to stack)"
+    for index, stage in enumerate(config.stages):
+        kind = _kind_class(stage.kind)
+        if kind is None:
+            return f"stage {index} has an unknown kind {stage.kind!r}"
+        if stage.options.get("init_from") or not kind.trains:
+            continue
+        if kind is not SupervisedStage:
+            return f"stage {index} ({stage.name!r}) is of kind {stage.kind!r}, which trains with its own code"
+        if stage.train == "head" and stage.features != "cached":
+            return f"stage {index} ({stage.name!r}) trains a classifier on online features"
+        if stage.options.get("shift_bn"):
+            return f"stage {index} ({stage.name!r}) re-estimates BatchNorm statistics (shift_bn)"
+    return ""
+
+
+def stack_key(config: RunConfig) -> str:
+    """Runs with equal keys (and no :func:`stack_refusal`) can train in one stack."""
+    engine = to_dict(config.engine)
+    engine.pop("progress")
+    stages = []
+    for stage in config.stages:
+        kind = _kind_class(stage.kind)
+        init_from = bool(stage.options.get("init_from"))
+        if init_from or (kind is not None and not kind.trains):
+            stages.append({"kind": stage.kind, "init_from": init_from})
+            continue
+        stages.append({
+            "kind": stage.kind, "train": stage.train, "features": stage.features if stage.train == "head" else None,
+            "epochs": stage.epochs, "iterations": stage.iterations, "batch_size": stage.batch_size,
+            "optimizer": to_dict(stage.optimizer), "schedule": _schedule_key(stage.schedule),
+        })
+    data = {"prepared": config.data.prepared} if config.data.prepared else to_dict(config.data)
+    blob = {"data": data, "encoder": config.model.encoder, "pretrained": config.model.pretrained,
+            "engine": engine, "stages": stages}
+    return json.dumps(blob, sort_keys=True, default=str)
+
+
+def check_stackable(configs: list[RunConfig]) -> None:
+    """Raise a ConfigError naming the first run that cannot join the stack, and why."""
+    for config in configs:
+        reason = stack_refusal(config)
+        if reason:
+            raise ConfigError(f"run {config.name!r} seed {config.seed} cannot be stacked: {reason}")
+    first = stack_key(configs[0])
+    for config in configs[1:]:
+        if stack_key(config) != first:
+            raise ConfigError(
+                f"run {config.name!r} seed {config.seed} cannot share a stack with {configs[0].name!r} seed "
+                f"{configs[0].seed}: stacked runs need the same data, encoder, engine settings and, per training "
+                "stage, the same kind, epochs, iterations, batch size, optimizer and schedule"
+            )
+
+
+def group_for_stacking(configs: list[RunConfig], k: int) -> tuple[list[list[int]], dict[int, str]]:
+    """Indices of ``configs`` in stacks of at most ``k`` compatible runs, and the runs left alone
+    with the reason (unstackable, or no compatible partner)."""
+    alone: dict[int, str] = {}
+    by_key: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        reason = stack_refusal(config)
+        if reason:
+            alone[i] = reason
+        else:
+            by_key.setdefault(stack_key(config), []).append(i)
+    stacks = []
+    for members in by_key.values():
+        for start in range(0, len(members), k):
+            chunk = members[start:start + k]
+            if len(chunk) == 1:
+                alone[chunk[0]] = "no compatible run to stack with (same data, encoder, engine and training schedule)"
+            else:
+                stacks.append(chunk)
+    return stacks, alone
+
+
+# ---------------------------------------------------------------------------- random streams
+class MemberRNG:
+    """A member's own copy of the global generators (torch CPU, the device's CUDA one, numpy)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device if device.type == "cuda" else None
+        self.state = self._get()
+
+    def _get(self):
+        return (torch.get_rng_state(), torch.cuda.get_rng_state(self.cuda) if self.cuda else None,
+                np.random.get_state())
+
+    def _set(self, state) -> None:
+        torch.set_rng_state(state[0])
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(state[1], self.cuda)
+        np.random.set_state(state[2])
+
+    @contextlib.contextmanager
+    def active(self, swap: bool = True):
+        """The member's generators in place of the global ones (nothing happens with ``swap=False``)."""
+        if not swap:
+            yield
+            return
+        saved = self._get()
+        self._set(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._get()
+            self._set(saved)
+
+
+# ---------------------------------------------------------------------------- one member's part
+@dataclass
+class Member:
+    """What a member contributes to a stacked stage: its data, head, loss and random stream."""
+
+    name: str
+    source: DeviceSource
+    head: nn.Module
+    loss_fn: nn.Module
+    rng: MemberRNG
+    mixer: Callable | None = None
+    offset: torch.Tensor | None = None
+    post_step: list[Callable[[], None]] = field(default_factory=list)
+    check: Any = None
+
+
+def member_part(ctx: RunContext, stage: StageConfig, rng: MemberRNG, name: str) -> Member:
+    """The member's part of a supervised stage, built as :meth:`SupervisedStage.build` builds the
+    run's own (same loss, mixing, sampler, data source, MaxNorm; call it with the member's
+    random stream active)."""
+    runtime = ctx.runtime
+    kind = SupervisedStage()
+    loss_fn = build_stage_loss(ctx, stage.loss)
+    mixer = _mixer(ctx, stage.mixing)
+    strategy = build_sampler(stage.sampler["name"], **{k: v for k, v in stage.sampler.items() if k != "name"})
+    cached = stage.train == "head"
+    inputs, labels = kind.training_data(ctx, stage, cached)
+    offset = kind.logit_offset(ctx, stage)
+    if stage.iterations:
+        stage.epochs = -(-stage.iterations // -(-len(labels) // min(stage.batch_size, len(labels))))
+    source = DeviceSource(
+        inputs, labels, ctx.dataset.num_classes, strategy, stage.batch_size, stage.epochs,
+        augment=None if cached else _augment(stage.augment, runtime.device),
+        mean=ctx.dataset.mean, std=ctx.dataset.std, channels_last=runtime.channels_last, world=runtime.world,
+    )
+    post_step = []
+    head = ctx.model.head
+    if stage.max_norm is not None:
+        weight = head.class_weight()
+        saved = stage.options.get("max_norm_threshold")
+        cap = MaxNorm(saved).to(weight.device) if saved is not None else MaxNorm.from_initial_norms(weight, **stage.max_norm)
+        stage.options["max_norm_threshold"] = cap.threshold.tolist()
+        post_step.append(lambda: cap.apply_(weight))
+    return Member(name, source, head, loss_fn, rng, mixer, offset, post_step)
+
+
+# ---------------------------------------------------------------------------- the trainer
+@dataclass
+class StackedPlan:
+    name: str
+    epochs: int
+    members: list[Member]
+    encoder: StackedEncoder | None  # None: the members' inputs are cached features
+    optimizer: Any
+    schedule: Any
+    max_steps: int = 0
+    compiled: bool = False
+
+
+class StackedTrainer:
+    """Runs the epochs of a :class:`StackedPlan`: :class:`~longtail.engine.trainer.StageTrainer`'s
+    loop (device-side lr table, fused SGD on CUDA, one CUDA graph for the whole step, one host sync
+    per epoch) for K members at once; metrics come back per member."""
+
+    def __init__(self, plan: StackedPlan, runtime: Runtime, progress: bool = True,
+                 divergence_factor: float | None = 20.0, stage_index: int | None = None):
+        self.plan, self.runtime, self.progress = plan, runtime, progress
+        members = plan.members
+        self.k = len(members)
+        steps = {m.source.steps_per_epoch for m in members}
+        batches = {m.source.batch_size for m in members}
+        if len(steps) != 1 or len(batches) != 1:
+            raise ConfigError(f"stacked members need the same steps per epoch and batch size, got {steps} and {batches}")
+        self.steps = steps.pop()
+        self.encoder = plan.encoder
+        self.trained_encoder = runtime.compiled(plan.encoder) if plan.encoder is not None else None
+        named = []
+        if plan.encoder is not None:
+            named += [(f"encoder.{n}", p) for n, p in plan.encoder.net.named_parameters() if p.requires_grad]
+        prefix = "head." if plan.encoder is not None else ""  # the solo run's names (model or head)
+        for m in members:
+            named += [(f"{prefix}{n}", p) for n, p in m.head.named_parameters() if p.requires_grad]
+        self.named_params = named
+        device = runtime.device
+        groups = build_param_groups(named, plan.optimizer)
+        self.lr_tables = []
+        for group in groups:
+            table = factor_table(plan.schedule, plan.epochs, self.steps, group["base_lr"]) * group["base_lr"]
+            self.lr_tables.append(torch.as_tensor(table, device=device))
+            group["lr"] = torch.tensor(float(table[0]), device=device)
+        self.optimizer = torch.optim.SGD(
+            groups, lr=plan.optimizer.lr, momentum=plan.optimizer.momentum, nesterov=plan.optimizer.nesterov,
+            weight_decay=plan.optimizer.weight_decay, fused=device.type == "cuda",
+        )
+        check = getattr(_trainer, "DivergenceCheck", None)
+        for m in members:
+            m.check = check(f"{plan.name} ({m.name})", divergence_factor,
+                             f"stages.{stage_index}" if stage_index is not None else "stages.N", plan.optimizer.lr) if check else None
+        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
+        self.totals = torch.zeros(self.k, 2, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.swap = True  # each member's own random stream (off inside a CUDA graph)
+        self.fallback_reason = ""
+        self.compile_seconds = 0.0
+        self._started = False
+
+    # ------------------------------------------------------------------ the step
+    def _step(self) -> None:
+        members, swap = self.plan.members, self.swap
+        batches = []
+        for m in members:
+            with m.rng.active(swap):
+                batches.append(m.source.next())
+        with self.runtime.autocast():
+            inputs, mixed = [], []
+            for m, (x, y) in zip(members, batches):
+                batch = None
+                if m.mixer is not None:
+                    with m.rng.active(swap):
+                        batch = m.mixer(x, y)
+                    x = batch.x
+                inputs.append(x)
+                mixed.append(batch)
+            if self.trained_encoder is not None:
+                x = torch.cat(inputs, 1)
+                if self.runtime.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                feats = self.trained_encoder(x)  # [K, B, D]
+            else:
+                feats = inputs
+            losses, logits_all = [], []
+            for k, (m, (_, y), batch) in enumerate(zip(members, batches, mixed)):
+                f = feats[k]
+                logits = m.head(f)
+                if m.offset is not None:
+                    logits = logits + m.offset
+                with m.rng.active(swap):
+                    if batch is not None:
+                        loss = mixed_loss(m.loss_fn, logits, batch)
+                    elif getattr(m.loss_fn, "uses_features", False):
+                        loss = m.loss_fn(logits, y, features=f)
+                    else:
+                        loss = m.loss_fn(logits, y)
+                losses.append(loss)
+                logits_all.append(logits)
+            total = torch.stack([loss.float() for loss in losses]).sum()
+        total.backward()
+        for group, table in zip(self.optimizer.param_groups, self.lr_tables):
+            group["lr"].copy_(table.index_select(0, self.step_index).view(()))
+        self.step_index.add_(1)
+        self.optimizer.step()
+        for m in members:
+            for constraint in m.post_step:
+                constraint()
+        stats = [torch.stack([loss.detach().float(), (logits.detach().argmax(1) == y).sum().float()])
+                 for loss, logits, (_, y) in zip(losses, logits_all, batches)]
+        self.totals.add_(torch.stack(stats))
+
+    def _eager_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._step()
+
+    def _capture(self, warmup: int) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                self._eager_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.swap = False  # generator states cannot be swapped inside a graph
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
+            self._step()
+        torch.cuda.current_stream().synchronize()
+        self.graph = graph
+
+    def _first_steps(self, last: int) -> int:
+        start = time.perf_counter()
+        done = 0
+        if self.plan.compiled and last > 0:
+            try:
+                with DEVICE_RNG_LOCK:
+                    self._eager_step()
+            except Exception as exc:  # noqa: BLE001
+                raise TrainingError(f"stacked stage {self.plan.name!r}: torch.compile failed ({type(exc).__name__}: "
+                                    f"{exc}); run with engine.compile=off") from exc
+            done = 1
+        if done < last and self._use_graph():
+            warmup = min(3, last - done)
+            try:
+                with DEVICE_RNG_LOCK:
+                    self._capture(warmup)
+            except RuntimeError as exc:
+                self.graph = None
+                self.swap = True
+                self.fallback_reason = f"CUDA graph capture failed: {exc}"
+                warnings.warn(f"stacked stage {self.plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=2)
+                self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
+            done += warmup
+        if self.runtime.device.type == "cuda":
+            torch.cuda.synchronize(self.runtime.device)
+        self.compile_seconds = time.perf_counter() - start if done else 0.0
+        return done
+
+    def _use_graph(self) -> bool:
+        if not self.runtime.cuda_graph:
+            return False
+        for m in self.plan.members:
+            if not getattr(m.loss_fn, "graph_safe", True):
+                self.fallback_reason = f"member {m.name}: its loss is not CUDA-graph safe"
+                return False
+        return True
+
+    # ------------------------------------------------------------------ epochs
+    def set_modes(self) -> None:
+        if self.encoder is not None:
+            self.encoder.train()
+        for m in self.plan.members:
+            m.head.train()
+
+    def run_epoch(self, epoch: int) -> list[dict[str, float]]:
+        plan = self.plan
+        self.set_modes()
+        with DEVICE_RNG_LOCK:
+            for m in plan.members:
+                with m.rng.active(self.swap):
+                    m.loss_fn.on_epoch_start(epoch, plan.epochs)
+                    if m.check is not None and getattr(m.loss_fn, "loss_changes_at", lambda _: False)(epoch):
+                        restart = m.check.restart  # (its signature has varied: with or without the epoch)
+                        restart(*([epoch] if inspect.signature(restart).parameters else []))
+                    m.source.start_epoch(epoch)
+            self.step_index.fill_(epoch * self.steps)
+            self.totals.zero_()
+        last = self.steps if not plan.max_steps else min(self.steps, plan.max_steps - epoch * self.steps)
+        done = self._first_steps(last) if not self._started else 0
+        self._started = True
+        for _ in range(done, last):
+            with DEVICE_RNG_LOCK:
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._eager_step()
+        with DEVICE_RNG_LOCK:
+            for m in plan.members:
+                m.loss_fn.on_epoch_end()
+        params = [p for _, p in self.named_params]
+        bad = torch.stack([~torch.isfinite(p.detach()).all() for p in params]).any() if params else torch.tensor(False)
+        stats = torch.cat([self.totals.flatten(), bad.float().view(1).to(self.totals.device)]).tolist()  # one sync
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        seen = last * plan.members[0].source.batch_size
+        out = []
+        for k, m in enumerate(plan.members):
+            loss_sum, correct = stats[2 * k], stats[2 * k + 1]
+            bad_weights = int(self._bad_weights(k)) if stats[-1] else 0
+            if m.check is not None:
+                m.check(epoch, loss_sum / last, bad_weights)
+            elif not np.isfinite(loss_sum) or bad_weights:
+                raise TrainingError(f"stacked stage {plan.name!r}, member {m.name}, epoch {epoch + 1}: "
+                                    f"the loss ({loss_sum / last}) or the weights are not finite")
+            out.append({"loss": loss_sum / last, "train_acc": 100.0 * correct / seen, "lr": lr})
+        return out
+
+    def _bad_weights(self, k: int) -> int:
+        """How many of member ``k``'s weight tensors hold NaN or inf (after a failed epoch only)."""
+        count = 0
+        if self.encoder is not None:
+            for p in self.encoder.net.parameters():
+                count += int(not torch.isfinite(p.detach().chunk(self.k, 0)[k]).all())
+        for p in self.plan.members[k].head.parameters():
+            count += int(not torch.isfinite(p.detach()).all())
+        return count
+
+    def fit(self, start_epoch: int = 0,
+            on_epoch_end: Callable[[int, list[dict[str, float]]], None] | None = None) -> list[list[dict[str, float]]]:
+        history = []
+        bar = tqdm(range(start_epoch, self.plan.epochs), desc=f"{self.plan.name} x{self.k}", unit="ep",
+                   disable=not self.progress, dynamic_ncols=True)
+        for epoch in bar:
+            start = time.perf_counter()
+            metrics = self.run_epoch(epoch)
+            seconds = time.perf_counter() - start
+            for record in metrics:
+                record["seconds"] = seconds
+                record["epoch"] = epoch + 1
+            history.append(metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+        return history
+
+
+# ---------------------------------------------------------------------------- stacked runs
+class StackedRun:
+    """K runs trained as one stack; ``execute()`` returns their results dicts, in order.
+
+    Finished runs (``results.json``) are read back; runs with a ``checkpoint.pt`` to resume from are
+    run alone (and so is a stack left with one member)."""
+
+    def __init__(self, configs: list[RunConfig], command: str | None = None, fresh: bool = False):
+        check_stackable(configs)
+        self.configs = configs
+        self.runs = [Run(c, command=command, fresh=fresh) for c in configs]
+        if self.runs[0].runtime.world.size > 1:
+            raise ConfigError("stacked runs train on one device; run data-parallel runs alone")
+        self.alone: dict[int, str] = {}
+
+    def execute(self) -> list[dict[str, Any]]:
+        results: dict[int, dict[str, Any]] = {}
+        pending = []
+        for i, run in enumerate(self.runs):
+            if (run.run_dir / "results.json").exists():
+                results[i] = json.loads((run.run_dir / "results.json").read_text())
+            elif (run.run_dir / "checkpoint.pt").exists():
+                self.alone[i] = "resumes from its checkpoint alone"
+            else:
+                pending.append(i)
+        if len(pending) == 1:
+            self.alone[pending[0]] = "the only unfinished run of its stack"
+            pending = []
+        for i in self.alone:
+            results[i] = self.runs[i].execute()
+        if pending:
+            for i, result in zip(pending, self._train([self.runs[i] for i in pending])):
+                results[i] = result
+        return [results[i] for i in range(len(self.runs))]
+
+    def _train(self, runs: list[Run]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        saved = MemberRNG(runs[0].runtime.device)  # the caller's generators, restored at the end
+        try:
+            return self._stack(runs, started)
+        finally:
+            saved._set(saved.state)
+
+    def _stack(self, runs: list[Run], started: float) -> list[dict[str, Any]]:
+        runtime = runs[0].runtime
+        names = [f"{r.config.name}/seed{r.config.seed}" for r in runs]
+        ctxs, rngs = [], []
+        for run in runs:
+            ctxs.append(run._setup())  # seeds with the run's seed and builds its model, as alone
+            rngs.append(MemberRNG(runtime.device))  # the generators where the run alone has them now
+            run._elapsed = (started, 0.0)
+        for ctx in ctxs:
+            reason = encoder_refusal(ctx.model.encoder)
+            if reason:
+                raise ConfigError(f"run {ctx.config.name!r} cannot be stacked: {reason}")
+        kinds = [[stage_kind(s.kind) for s in run.config.stages] for run in runs]
+        for run, ctx, rng, run_kinds in zip(runs, ctxs, rngs, kinds):
+            with rng.active():
+                for kind, stage in zip(run_kinds, run.config.stages):
+                    kind.check(ctx, stage)
+        timings: list[list[dict[str, Any]]] = [[] for _ in runs]
+        best_val: list[tuple[float, dict[str, torch.Tensor]] | None] = [None] * len(runs)
+        last_training = [max((i for i, k in enumerate(rk) if k.trains), default=-1) for rk in kinds]
+        info = lambda k: {"members": len(runs), "member": k, "runs": names}  # noqa: E731
+        for index in range(len(runs[0].config.stages)):
+            stages = [run.config.stages[index] for run in runs]
+            for ctx, rng, run_kinds, stage in zip(ctxs, rngs, kinds, stages):
+                with rng.active():
+                    run_kinds[index].prepare(ctx, stage)
+            if stages[0].options.get("init_from"):
+                for k, (run, ctx, stage) in enumerate(zip(runs, ctxs, stages)):
+                    run._load_weights(ctx, stage.options["init_from"])
+                    timings[k].append({"stage": stage.name, "seconds": 0.0, "init_from": stage.options["init_from"]})
+                    run._finish_stage(ctx, index, stage)
+                continue
+            if not kinds[0][index].trains:  # post-hoc: each member alone
+                for k, (run, ctx, rng, stage) in enumerate(zip(runs, ctxs, rngs, stages)):
+                    start = time.perf_counter()
+                    with rng.active():
+                        kinds[k][index].build(ctx, stage)
+                    timings[k].append({"stage": stage.name, "seconds": time.perf_counter() - start, "compile_seconds": 0.0,
+                                       "cuda_graph": False, "fallback_reason": "", "steps_per_epoch": 0, "batch_size": 0})
+                    run._save(ctx, index, stage.epochs, None)
+                    run._finish_stage(ctx, index, stage)
+                continue
+            stage_start = time.perf_counter()
+            members = []
+            for ctx, rng, stage, name in zip(ctxs, rngs, stages, names):
+                with rng.active():
+                    members.append(member_part(ctx, stage, rng, name))
+            whole = stages[0].train != "head"
+            encoder = StackedEncoder([ctx.model.encoder for ctx in ctxs]) if whole else None
+            plan = StackedPlan(stages[0].name, stages[0].epochs, members, encoder, stages[0].optimizer,
+                               stages[0].schedule, stages[0].iterations)
+            plan.compiled = whole and runtime.compile
+            trainer = StackedTrainer(plan, runtime, progress=runs[0].config.engine.progress,
+                                     divergence_factor=getattr(runs[0].config.engine, "divergence_factor", 20.0),
+                                     stage_index=index)
+
+            def sync() -> None:
+                if encoder is not None:
+                    for k, ctx in enumerate(ctxs):
+                        encoder.load_member(k, ctx.model.encoder)
+
+            def on_epoch_end(epoch: int, metrics: list[dict[str, float]], _index=index, _stages=stages) -> None:
+                synced = False
+                for k, (run, ctx) in enumerate(zip(runs, ctxs)):
+                    config = run.config
+                    record = {"stage": _stages[k].name, **metrics[k]}
+                    wants_test = config.eval.every and (epoch + 1) % config.eval.every == 0
+                    wants_val = config.eval.select == "best_val" and _index == last_training[k]
+                    if (wants_test or wants_val) and not synced:
+                        sync()
+                        synced = True
+                    if wants_test:
+                        record["test_top1"] = run._evaluate(ctx, "test").top1
+                    if wants_val:
+                        val_top1 = run._evaluate(ctx, "val").top1
+                        record["val_top1"] = val_top1
+                        if best_val[k] is None or val_top1 > best_val[k][0]:
+                            best_val[k] = (val_top1, copy.deepcopy(ctx.model.state_dict()))
+                    run._log(record)
+
+            trainer.fit(0, on_epoch_end)
+            sync()
+            seconds = time.perf_counter() - stage_start
+            for k, (run, ctx, stage) in enumerate(zip(runs, ctxs, stages)):
+                timings[k].append({
+                    "stage": stage.name, "seconds": seconds, "compile_seconds": trainer.compile_seconds,
+                    "cuda_graph": trainer.graph is not None, "fallback_reason": trainer.fallback_reason,
+                    "steps_per_epoch": trainer.steps, "batch_size": members[k].source.batch_size, "stacked": info(k),
+                })
+                run._save(ctx, index, stage.epochs, None)
+                run._finish_stage(ctx, index, stage)
+        out = []
+        for k, (run, ctx) in enumerate(zip(runs, ctxs)):
+            if best_val[k] is not None:
+                ctx.model.load_state_dict(best_val[k][1])
+            results = run._results(ctx, timings[k], run._elapsed_seconds())
+            results["stacked"] = info(k)
+            if run.writes:
+                from ..eval.report import write_json
+
+                write_json(run.run_dir / "results.json", results)
+                run._plots(ctx, results)
+            out.append(results)
+        return out
+
+
+def run_stacked(configs: list[RunConfig], command: str | None = None, fresh: bool = False) -> list[dict[str, Any]]:
+    """Train ``configs`` as one stack (:class:`StackedRun`); their results dicts, in order."""
+    return StackedRun(configs, command=command, fresh=fresh).execute()
