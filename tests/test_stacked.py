@@ -120,3 +120,34 @@ def test_stacked_encoder_is_k_independent_encoders():
         stacked(torch.cat(xs, 1))[1].sum().backward()
         weight = stacked.net.conv1.weight.grad.chunk(3, 0)
         assert weight[0].abs().sum() == 0 and weight[2].abs().sum() == 0 and weight[1].abs().sum() > 0
+
+
+def test_reproduce_stack_trains_compatible_runs_together_and_the_rest_alone(tmp_path, monkeypatch, capsys):
+    """``longtail bench reproduce SPEC --stack 2``: seeds 0 and 1 of ce (the shared stage 1) and of
+    crt (its stage 2) train in stacks of two, seed 2 alone (no partner left); the cells equal those
+    of the matrix run without stacking."""
+    import yaml
+
+    from longtail.bench import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    for method in ("ce", "crt"):
+        (tmp_path / f"{method}.yaml").write_text(f"method: {method}\n")
+    spec = {"name": "tiny", "dataset": "cifar10-lt", "data": {100: {"imbalance_factor": 100}}, "seeds": [0, 1, 2],
+            "methods": {"ce": "ce.yaml", "crt": {"config": "crt.yaml", "overrides": ["stages.1.epochs=2"]}},
+            "overrides": ["stages.0.epochs=2", "stages.0.batch_size=16", "stages.0.schedule.milestones=[]",
+                          "model.encoder=resnet8", "engine.checkpoint_every=0", "engine.device=cpu"]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert reproduce.main(["spec.yaml", "--runs", "solo", "--results", "solo_out"]) == 0
+    capsys.readouterr()
+    assert reproduce.main(["spec.yaml", "--runs", "stacked", "--results", "out", "--stack", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "stack: ce IF 100 seed 0, ce IF 100 seed 1" in printed and "stack: crt IF 100 seed 0, crt IF 100 seed 1" in printed
+    assert "alone: ce IF 100 seed 2 (no compatible run" in printed
+    solo = {c["method"]: c for c in json.loads((tmp_path / "solo_out" / "tiny.json").read_text())["cells"]}
+    stacked = {c["method"]: c for c in json.loads((tmp_path / "out" / "tiny.json").read_text())["cells"]}
+    for method in ("ce", "crt"):
+        assert stacked[method]["top1"] == solo[method]["top1"]
+    crt0 = json.loads((tmp_path / stacked["crt"]["run_dirs"][0] / "results.json").read_text())
+    assert crt0["stacked"]["members"] == 2 and crt0["timings"][0]["init_from"].endswith("ce/seed0/stage0_stage1.pt")
+    assert "stacked" not in json.loads((tmp_path / stacked["crt"]["run_dirs"][2] / "results.json").read_text())

@@ -15,6 +15,8 @@ and interrupted ones resume, so a matrix can be stopped and restarted, or run in
 (same data, model, stage-1 settings and seed) share one stage-1 run. Results of every part
 merge into ``benchmarks/results/<name>.json`` and ``.md``, with the papers' figures from
 ``benchmarks/paper_numbers.yaml`` beside ours, labelled with paper, table and row.
+``--stack K`` trains compatible runs (engine/stacked.py) K at a time as one grouped network and
+says which runs train alone and why.
 """
 from __future__ import annotations
 
@@ -126,15 +128,54 @@ def _run(config: RunConfig, command: str) -> dict[str, Any]:
         return run_config(config, command=command)
 
 
-def execute(jobs: list[Job], concurrent: int, command: str, processes: int = 1) -> None:
+def _done(job: Job) -> None:
+    print(f"  done {job.method} IF {job.imbalance_factor:g} seed {job.seed}: top-1 {job.result['test']['top1']:.2f} "
+          f"({job.result['seconds']:.0f} s)", flush=True)
+
+
+def stack_plan(jobs: list[Job], k: int) -> tuple[list[list[Job]], list[Job]]:
+    """``--stack K``: the jobs in stacks of up to K compatible runs (engine/stacked.py), and the
+    jobs that run alone; prints which and why."""
+    from ..engine.stacked import group_for_stacking
+
+    stacks, alone = group_for_stacking([_attach_stage1(job) for job in jobs], k)
+    for members in stacks:
+        print("  stack: " + ", ".join(f"{jobs[i].method} IF {jobs[i].imbalance_factor:g} seed {jobs[i].seed}" for i in members))
+    for i, reason in sorted(alone.items()):
+        print(f"  alone: {jobs[i].method} IF {jobs[i].imbalance_factor:g} seed {jobs[i].seed} ({reason})")
+    return [[jobs[i] for i in members] for members in stacks], [jobs[i] for i in sorted(alone)]
+
+
+def _run_stacks(jobs: list[Job], k: int, command: str) -> list[Job]:
+    """Train the jobs that stack, one stack at a time; return the jobs left to run alone."""
+    from ..engine.stacked import run_stacked
+
+    stacks, alone = stack_plan(jobs, k)
+    for group in stacks:
+        try:
+            results = run_stacked([job.config for job in group], command=command)
+        except ConfigError as err:  # found unstackable once its data and models were built
+            print(f"  stack refused, its runs train alone: {err}", flush=True)
+            alone += group
+            continue
+        for job, result in zip(group, results):
+            job.result = result
+            _done(job)
+    return alone
+
+
+def execute(jobs: list[Job], concurrent: int, command: str, processes: int = 1, stack: int = 0) -> None:
     """Run providers first, then the rest; up to ``concurrent`` runs at once in this process (one
     CUDA stream each), or with ``processes`` > 1 up to that many at once in worker processes (each
-    its own CUDA context; eager runs, which are bound by the host, need this to overlap)."""
+    its own CUDA context; eager runs, which are bound by the host, need this to overlap). With
+    ``stack`` > 1, compatible runs of each phase first train in stacks of up to that many."""
     if processes > 1 and concurrent > 1:
         raise ConfigError("use --concurrent (threads) or --processes, not both")
     first = [j for j in jobs if any(k.shared_stage1 is j for k in jobs)]
     rest = [j for j in jobs if j not in first]
     for phase in (first, rest):
+        if stack > 1:
+            phase = _run_stacks(phase, stack, command)
         if processes > 1:
             pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
         else:
@@ -143,8 +184,7 @@ def execute(jobs: list[Job], concurrent: int, command: str, processes: int = 1) 
             futures = {pool.submit(_run, _attach_stage1(job), command): job for job in phase}
             for future, job in futures.items():
                 job.result = future.result()
-                print(f"  done {job.method} IF {job.imbalance_factor:g} seed {job.seed}: top-1 {job.result['test']['top1']:.2f} "
-                      f"({job.result['seconds']:.0f} s)", flush=True)
+                _done(job)
 
 
 def _paper_figures(dataset: str, factor: float, method: str) -> list[dict[str, Any]]:
@@ -316,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=1, help="runs trained at once in this process, each on its own CUDA stream")
     parser.add_argument("--processes", type=int, default=1,
                         help="runs trained at once in worker processes (for eager runs, which are bound by the host)")
+    parser.add_argument("--stack", type=int, default=0, metavar="K",
+                        help="train compatible runs (seeds, methods differing in loss, sampler, augmentation, head) "
+                             "K at a time as one grouped network (engine/stacked.py); the rest alone, with the reason")
     parser.add_argument("--runs", default="runs/bench", help="folder of the run folders")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="folder of the results JSON/Markdown")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -331,9 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         shared = f" (stage 1 from {job.shared_stage1.config.name})" if job.shared_stage1 else ""
         print(f"  {job.method} IF {job.imbalance_factor:g} seed {job.seed}{shared}")
     if args.dry_run:
+        if args.stack > 1:
+            first = [j for j in jobs if any(k.shared_stage1 is j for k in jobs)]
+            for phase in (first, [j for j in jobs if j not in first]):
+                stack_plan(phase, args.stack)
         return 0
     started, start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
-    execute(jobs, args.concurrent, command, args.processes)
+    execute(jobs, args.concurrent, command, args.processes, args.stack)
     wall = time.perf_counter() - start
     runtime = Runtime.resolve(jobs[0].config.engine)
     part = {
@@ -344,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started,
         "concurrent": args.concurrent,
         "processes": args.processes,
+        "stack": args.stack,
         "env": environment(runtime, command),
     }
     results_dir = Path(args.results)

@@ -539,6 +539,10 @@ class StackedRun:
             return self._stack(runs, started)
         finally:
             saved._set(saved.state)
+            for run in runs:
+                close = getattr(run, "_close_tensorboard", None)
+                if close is not None:
+                    close()
 
     def _stack(self, runs: list[Run], started: float) -> list[dict[str, Any]]:
         runtime = runs[0].runtime
