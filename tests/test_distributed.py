@@ -133,3 +133,104 @@ def test_ghm_cwap_histograms_are_summed_over_ranks(tmp_path):
         torch.testing.assert_close(state["hist_prev"], single.hist_prev)
         torch.testing.assert_close(state["edges_cur"], single.edges_cur)
     assert single.hist_prev.sum() == 64
+
+
+# ---------------------------------------------------------------- DistributedDataParallel, SyncBatchNorm
+
+
+def images(_config=None) -> LongTailedDataset:
+    from tests.test_engine import tiny_dataset
+
+    return tiny_dataset()
+
+
+def bn_config(out, *extra):
+    return load_config(mapping={"method": "ce", "name": "ddp_bn"}, overrides=[
+        f"output_dir={out}", "engine.progress=false", "engine.checkpoint_every=1", "stages.0.epochs=2",
+        "stages.0.batch_size=16", "stages.0.schedule.milestones=[]", "stages.0.schedule.warmup_epochs=0",
+        "model.encoder=resnet20", *extra,
+    ])
+
+
+def _bn_rank(rank, port, out, results_dir):
+    import os
+
+    import longtail.engine.distributed as distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    runner.load_dataset = images
+    wrapped = []
+    real = distributed.DistributedDataParallel
+
+    def counting(module, **options):
+        wrapped.append(options)
+        return real(module, **options)
+
+    distributed.DistributedDataParallel = counting
+    results = runner.run_config(bn_config(out))
+    results["ddp_wrapped"] = [{k: v for k, v in w.items() if k != "device_ids"} for w in wrapped]
+    (results_dir / f"bn{rank}.json").write_text(json.dumps(results))
+
+
+def test_the_eager_distributed_step_runs_through_ddp_and_the_ranks_agree_with_batchnorm(tmp_path):
+    """A BatchNorm network under two ranks: each stage's step runs through DistributedDataParallel,
+    every rank ends with the same model (BatchNorm statistics included), results.json names the
+    path, and the checkpoint holds the unwrapped model (no ``module.`` prefix)."""
+    mp.spawn(_bn_rank, args=(_free_port(), tmp_path / "ddp", tmp_path), nprocs=2)
+    ranks = [json.loads((tmp_path / f"bn{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["ddp_wrapped"] == [{"static_graph": True, "find_unused_parameters": False}]
+    assert ranks[0]["distributed"] == {"world_size": 2, "path": "ddp"}
+    assert ranks[0]["test"] == ranks[1]["test"] and ranks[0]["weight_norms"] == ranks[1]["weight_norms"]
+    checkpoint = torch.load(tmp_path / "ddp" / "ddp_bn" / "seed0" / "stage0_stage1.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in checkpoint["model"])
+    assert any(key.endswith("running_mean") for key in checkpoint["model"])
+
+
+def test_a_single_process_records_its_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", features)
+    assert runner.run_config(config(tmp_path))["distributed"] == {"world_size": 1, "path": "single"}
+
+
+def test_sync_batchnorm_converts_every_batchnorm_and_keeps_parameters_and_keys():
+    from longtail.engine.distributed import sync_batchnorm
+    from longtail.models.factory import build_model
+
+    model = build_model("resnet20", 4)
+    before = model.state_dict()
+    params = {name: id(p) for name, p in model.named_parameters()}
+    converted = sync_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in converted.modules())
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) > 0
+    assert list(converted.state_dict()) == list(before)  # checkpoints load either way
+    assert {name: id(p) for name, p in converted.named_parameters()} == params
+
+
+def test_sync_batchnorm_on_the_cpu_under_torchrun_names_the_fix(monkeypatch):
+    import longtail.engine.device as device
+    from longtail.config import EngineConfig
+
+    monkeypatch.setattr(device, "init_world", lambda backend: World(0, 2, 0))
+    with pytest.raises(ConfigError, match="engine.sync_batchnorm needs CUDA.*engine.sync_batchnorm=false"):
+        device.Runtime.resolve(EngineConfig(device="cpu", sync_batchnorm=True))
+    assert device.Runtime.resolve(EngineConfig(device="cpu")).sync_batchnorm is False
+    monkeypatch.setattr(device, "init_world", lambda backend: World())
+    assert device.Runtime.resolve(EngineConfig(device="cpu", sync_batchnorm=True)).sync_batchnorm is False  # one process: nothing to sync
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm runs on CUDA only (torch refuses CPU tensors) "
+                                                          "and two NCCL ranks need two GPUs")
+def test_two_gpu_ranks_with_sync_batchnorm(tmp_path):
+    mp.spawn(_syncbn_rank, args=(_free_port(), tmp_path / "ddp", tmp_path), nprocs=2)
+    ranks = [json.loads((tmp_path / f"sbn{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["distributed"] == {"world_size": 2, "path": "ddp+syncbn"}
+    assert ranks[0]["test"] == ranks[1]["test"]
+
+
+def _syncbn_rank(rank, port, out, results_dir):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    runner.load_dataset = images
+    results = runner.run_config(bn_config(out, "engine.device=cuda", "engine.sync_batchnorm=true"))
+    (results_dir / f"sbn{rank}.json").write_text(json.dumps(results))

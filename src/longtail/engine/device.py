@@ -37,6 +37,7 @@ class Runtime:
     compile: bool = False
     cudnn_benchmark: bool = False
     world: World = World()  # data-parallel ranks (engine/distributed.py); one process by default
+    sync_batchnorm: bool = False  # BatchNorm as SyncBatchNorm over the ranks (engine.sync_batchnorm, world > 1)
 
     @classmethod
     def resolve(cls, config: EngineConfig) -> "Runtime":
@@ -51,6 +52,12 @@ class Runtime:
         if on_cuda and world.size > 1:  # one GPU per rank
             device = torch.device("cuda", world.local_rank)
             torch.cuda.set_device(device)
+        sync_bn = bool(config.sync_batchnorm) and world.size > 1
+        if sync_bn and not on_cuda:
+            raise ConfigError(
+                "engine.sync_batchnorm needs CUDA (torch's SyncBatchNorm refuses CPU tensors): run on GPUs "
+                "(engine.device=cuda) or set engine.sync_batchnorm=false"
+            )
         if config.cpu_threads > 0:
             torch.set_num_threads(config.cpu_threads)
         bf16 = _auto(config.amp, on_cuda, "amp")
@@ -67,6 +74,7 @@ class Runtime:
             compile=_auto(config.compile, on_cuda, "compile"),
             cudnn_benchmark=cudnn_benchmark,
             world=world,
+            sync_batchnorm=sync_bn,
         )
 
     def compiled(self, module: nn.Module) -> nn.Module:
@@ -95,6 +103,7 @@ class Runtime:
             "cudnn_benchmark": self.cudnn_benchmark,
             "world_size": self.world.size,
             "rank": self.world.rank,
+            "sync_batchnorm": self.sync_batchnorm,
         }
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)

@@ -1,23 +1,32 @@
 """Data-parallel training over several processes (``torchrun --nproc_per_node N -m longtail.cli train ...``).
 
 Every rank holds the whole model, draws the same epoch indices (same seed, same random streams)
-and trains on its own contiguous slice of each global batch (``batch_size / world_size`` samples);
-after ``backward`` the gradients are averaged over the ranks in one flat all-reduce, so every rank
-takes the same optimiser step as one process with the whole batch would (exactly so for losses
-that average over the batch and models without BatchNorm). BatchNorm statistics are per rank
-during an epoch and rank 0's are broadcast at its end (as DDP's ``broadcast_buffers``). Rank 0
-alone writes the run folder; every rank evaluates. Distributed steps run eagerly (collectives are
-not captured in the CUDA graph). GHM-CWAP sums its per-epoch histograms over the ranks; Seesaw's
-cumulative counts see only their rank's slice (its mitigation uses count ratios, which the
-slices share in expectation).
+and trains on its own contiguous slice of each global batch (``batch_size / world_size`` samples).
+Each stage's step runs through :class:`torch.nn.parallel.DistributedDataParallel` over the
+stage's trained parameters (:func:`data_parallel`): gradients are averaged over the ranks in
+DDP's bucketed all-reduce during ``backward``, so every rank takes the same optimiser step as one
+process with the whole batch would (exactly so for losses that average over the batch and models
+without BatchNorm). BatchNorm statistics: rank 0's are broadcast before each forward (DDP's
+``broadcast_buffers``) and at the end of each epoch, so that every rank evaluates the same model;
+with ``engine.sync_batchnorm: true`` (CUDA only: torch's SyncBatchNorm refuses CPU tensors) the
+BatchNorm layers are converted to :class:`torch.nn.SyncBatchNorm` and normalise with the whole
+global batch's statistics. Distributed steps run eagerly (collectives are not captured in the
+CUDA graph). ``results.json`` records the path (``distributed``: world size and ``single``,
+``ddp`` or ``ddp+syncbn``). Rank 0 alone writes the run folder (the unwrapped model's
+state dict: no ``module.`` prefix); every rank evaluates. GHM-CWAP sums its per-epoch
+histograms over the ranks; Seesaw's cumulative counts see only their rank's slice (its
+mitigation uses count ratios, which the slices share in expectation).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
 
@@ -56,17 +65,44 @@ def init_world(backend: str) -> World:
     return world
 
 
-def average_(tensors: list[torch.Tensor], world: World) -> None:
-    """Replace each tensor by its mean over the ranks (one flat all-reduce)."""
-    if world.size == 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world.size
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
+class _LossStep(nn.Module):
+    """A stage's loss as a module holding its trained parameters (and the trained modules, for
+    their buffers), so that DDP sees the forward and reduces exactly those gradients."""
+
+    def __init__(self, compute_loss: Callable, params: list[nn.Parameter], modules: list[nn.Module]):
+        super().__init__()
+        self.params = nn.ParameterList(params)  # the same Parameter objects, not copies
+        self.modules_ = nn.ModuleList(modules)
+        self.compute_loss = compute_loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        return self.compute_loss(x, y)
+
+
+def data_parallel(compute_loss: Callable, params: list[nn.Parameter], modules: list[nn.Module], device: torch.device,
+                  static: bool = True):
+    """``compute_loss(x, y) -> (loss, logits)`` run through DistributedDataParallel over ``params``.
+
+    ``static``: the step is the same graph every time (a CUDA-graph-safe stage), so DDP finds the
+    parameters it leaves unused once (``static_graph``); otherwise it looks in every step
+    (``find_unused_parameters``). Unused parameters keep no gradient, as in one process."""
+    step = _LossStep(compute_loss, params, modules)
+    return DistributedDataParallel(
+        step, device_ids=[device.index] if device.type == "cuda" else None,
+        static_graph=static, find_unused_parameters=not static,
+    )
+
+
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with its BatchNorm layers as :class:`torch.nn.SyncBatchNorm` (same parameters,
+    buffers and state-dict keys)."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def parallel_path(world: World, sync_bn: bool) -> dict:
+    """What ``results.json`` records of the data parallelism a run used."""
+    path = "single" if world.size == 1 else ("ddp+syncbn" if sync_bn else "ddp")
+    return {"world_size": world.size, "path": path}
 
 
 def sum_(tensor: torch.Tensor, world: World) -> torch.Tensor:

@@ -46,6 +46,7 @@ from ..models.factory import build_model
 from .concurrency import DEVICE_RNG_LOCK
 from .checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
 from .device import Runtime
+from .distributed import parallel_path, sync_batchnorm
 from .evaluate import evaluate_model
 from .stages import RunContext, stage_kind
 from .trainer import StageTrainer
@@ -145,6 +146,8 @@ class Run:
         ).to(self.runtime.device)
         if self.runtime.channels_last and dataset.is_image:
             model = model.to(memory_format=torch.channels_last)
+        if self.runtime.sync_batchnorm:
+            model = sync_batchnorm(model)
         return model
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -311,6 +314,7 @@ class Run:
             "stage_options": [dict(s.options) for s in self.config.stages],
             "timings": timings,
             "seconds": seconds,
+            "distributed": parallel_path(self.runtime.world, self.runtime.sync_batchnorm),
             "env": environment(self.runtime, self.command),
         }
         if "val" in ctx.splits:

@@ -25,7 +25,7 @@ from ..config import OptimizerConfig, ScheduleConfig
 from ..errors import TrainingError
 from .concurrency import DEVICE_RNG_LOCK
 from .device import Runtime
-from .distributed import average_, broadcast_buffers_, sum_
+from .distributed import broadcast_buffers_, data_parallel, sum_
 from .schedules import factor_table
 from .sources import DeviceSource
 
@@ -143,6 +143,10 @@ class StageTrainer:
             weight_decay=plan.optimizer.weight_decay,
             fused=device.type == "cuda",
         )
+        self.loss_step = plan.compute_loss
+        if runtime.world.size > 1:  # engine/distributed.py
+            self.loss_step = data_parallel(plan.compute_loss, [p for _, p in plan.named_params], plan.train_modules, device,
+                                           static=plan.graph_safe)
         self.step_index = torch.zeros(1, dtype=torch.long, device=device)
         self.totals = torch.zeros(2, device=device)  # sum of batch losses, correct predictions
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -154,10 +158,8 @@ class StageTrainer:
     def _step(self) -> None:
         x, y = self.plan.source.next()
         with self.runtime.autocast():
-            loss, logits = self.plan.compute_loss(x, y)
-        loss.backward()
-        if self.runtime.world.size > 1:
-            average_([p.grad for _, p in self.plan.named_params if p.grad is not None], self.runtime.world)
+            loss, logits = self.loss_step(x, y)
+        loss.backward()  # under DDP, also the gradients' average over the ranks
         for group, table in zip(self.optimizer.param_groups, self.lr_tables):
             group["lr"].copy_(table.index_select(0, self.step_index).view(()))
         self.step_index.add_(1)
