@@ -151,3 +151,40 @@ def test_reproduce_stack_trains_compatible_runs_together_and_the_rest_alone(tmp_
     crt0 = json.loads((tmp_path / stacked["crt"]["run_dirs"][0] / "results.json").read_text())
     assert crt0["stacked"]["members"] == 2 and crt0["timings"][0]["init_from"].endswith("ce/seed0/stage0_stage1.pt")
     assert "stacked" not in json.loads((tmp_path / stacked["crt"]["run_dirs"][2] / "results.json").read_text())
+
+
+def test_speed_bench_stacked_variant_wiring_on_cpu(tmp_path, monkeypatch):
+    """``longtail bench speed --variants fast stacked2`` with a stand-in for CUDA: the stacked
+    variant times 2 stacked seeds, one run alone and 2 runs at once, and prints the comparison."""
+    import functools
+    import types
+
+    from longtail.bench import conventional, speed
+    from longtail.config import load_config as real_load_config
+
+    fake_cuda = types.SimpleNamespace(is_available=lambda: True, reset_peak_memory_stats=lambda: None,
+                                      max_memory_allocated=lambda: 0, get_device_name=lambda *a: "cpu stand-in")
+
+    class FakeTorch:
+        cuda = fake_cuda
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    cpu = ["engine.device=cpu", "model.encoder=resnet8", "stages.0.batch_size=16"]
+    monkeypatch.setattr(speed, "torch", FakeTorch())
+    monkeypatch.setattr(speed, "load_dataset", tiny_dataset)
+    monkeypatch.setattr(speed, "run_conventional", functools.partial(conventional.run_conventional, device="cpu", workers=0,
+                                                                     batch_size=16))
+    monkeypatch.setattr(speed, "load_config", lambda mapping=None, overrides=(): real_load_config(
+        mapping=mapping, overrides=[*overrides, *cpu]))
+    output = tmp_path / "speed.json"
+    assert speed.main(["--prepared", "unused.ltd", "--epochs", "1", "--conventional-epochs", "1", "--eager-epochs", "1",
+                       "--variants", "fast", "stacked2", "--output", str(output)]) == 0
+    stacked = json.loads(output.read_text())["stacked2"]
+    assert stacked["k"] == 2 and stacked["stacked_stage1_seconds_excluding_capture"] > 0
+    assert len(stacked["streams_stage1_seconds"]) == 2 and len(stacked["test_top1"]["stacked"]) == 2
+    # seed 0 stacked equals seed 0 alone (same data, CPU)
+    assert stacked["test_top1"]["stacked"][0] == stacked["test_top1"]["single"]
+    with pytest.raises(SystemExit):
+        speed.main(["--variants", "stacked1"])

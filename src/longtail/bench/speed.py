@@ -11,7 +11,10 @@ Measures, on the same data, model and recipe (CE, ResNet-32, bs 128, 200-epoch s
    measured whole, in each of ``--variants`` (:data:`FAST_VARIANTS`: plain, with
    ``engine.compile=on``, either without channels_last, compiled without cuDNN autotuning); one-off capture/compilation time
    reported separately. A short ``--epochs 20`` call is a cheap probe of which variant is fastest;
-4. a classifier-only stage 2 (LWS, 10 epochs on cached features) on top of the fast stage 1.
+4. a classifier-only stage 2 (LWS, 10 epochs on cached features) on top of the fast stage 1;
+5. ``stacked<K>`` variants (e.g. ``--variants fast stacked3``): K seeds trained as one stack
+   (engine/stacked.py) against one run alone and against the K runs on K CUDA streams at once, same
+   process, same fast-path settings.
 
 Writes a JSON record (device, commit, versions, command, every timing) and prints a table.
 """
@@ -45,6 +48,13 @@ FAST_VARIANTS = {
 }
 
 
+def _variant(name: str) -> str:
+    """A ``--variants`` entry: a fast-path variant or ``stacked<K>`` (K >= 2)."""
+    if name in FAST_VARIANTS or (name.startswith("stacked") and name[7:].isdigit() and int(name[7:]) >= 2):
+        return name
+    raise argparse.ArgumentTypeError(f"unknown variant {name!r}; valid: {', '.join(FAST_VARIANTS)}, stacked<K> (K >= 2)")
+
+
 def _ce_config(data_args: list[str], out: str, epochs: int, extra: list[str]):
     overrides = data_args + [f"output_dir={out}", "engine.checkpoint_every=0", "engine.progress=false"]
     if epochs != 200:
@@ -65,10 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conventional-epochs", type=int, default=4)
     parser.add_argument("--eager-epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", nargs="+", default=["fast", "fast_compiled"], choices=list(FAST_VARIANTS),
-                        help="fast-path variants to time (the first also gives the LWS stage 2's stage 1)")
+    parser.add_argument("--variants", nargs="+", default=["fast", "fast_compiled"], type=_variant,
+                        help=f"fast-path variants to time ({', '.join(FAST_VARIANTS)}; the first also gives the LWS "
+                             "stage 2's stage 1), and stacked<K>: K seeds as one stack vs one run and vs K streams")
     parser.add_argument("--output", default=None, help="results JSON (default benchmarks/results/speed_<gpu>.json)")
     args = parser.parse_args(argv)
+    if args.variants[0].startswith("stacked"):
+        parser.error("put a fast-path variant first (its stage 1 is the LWS stage 2's), e.g. --variants fast stacked3")
     if not torch.cuda.is_available():
         print("longtail bench speed needs a CUDA GPU (the comparison is about GPU training)", file=sys.stderr)
         return 2
@@ -97,9 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         for position, variant in enumerate(args.variants):
-            variant_cfg = _ce_config(data_args, tmp, args.epochs, FAST_VARIANTS[variant][1] + [f"name=speed_{variant}"])
+            engine = FAST_VARIANTS[variant][1] if variant in FAST_VARIANTS else []
+            variant_cfg = _ce_config(data_args, tmp, args.epochs, engine + [f"name=speed_{variant}"])
             try:
-                record[variant] = _measure_fast(variant_cfg, args.epochs)
+                if variant.startswith("stacked"):
+                    record[variant] = _measure_stacked(int(variant[7:]), data_args, tmp, args.epochs, args.seed)
+                else:
+                    record[variant] = _measure_fast(variant_cfg, args.epochs)
             except Exception as error:  # a later variant's failure (e.g. the compiler) keeps the others' timings
                 if position == 0:
                     raise
@@ -155,6 +172,48 @@ def _measure_fast(config, epochs: int) -> dict:
     }
 
 
+def _measure_stacked(k: int, data_args: list[str], out: str, epochs: int, seed: int) -> dict:
+    """K seeds (``seed`` ... ``seed + K - 1``) of the fast path: one run alone, the K runs at once on K
+    CUDA streams (threads, as ``bench reproduce --concurrent K``), and the K runs as one stack."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..engine.stacked import run_stacked
+    from .reproduce import _run
+
+    data = [a for a in data_args if not a.startswith("seed=")]
+    configs = lambda tag: [_ce_config(data + [f"seed={s}"], out, epochs, [f"name=speed_stacked{k}_{tag}"])  # noqa: E731
+                           for s in range(seed, seed + k)]
+    single = _measure_fast(configs("single")[0], epochs)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=k) as pool:
+        streams = list(pool.map(lambda c: _run(c, "longtail bench speed"), configs("streams")))
+    streams_wall = time.perf_counter() - start
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    stacked = run_stacked(configs("stacked"), command="longtail bench speed", fresh=True)
+    stacked_wall = time.perf_counter() - start
+    stage = stacked[0]["timings"][0]
+    seconds = stage["seconds"] - stage["compile_seconds"]
+    return {
+        "k": k,
+        "single_stage1_seconds_excluding_capture": single["stage1_seconds_excluding_capture"],
+        "single_wall_seconds_including_data_and_eval": single["wall_seconds_including_data_and_eval"],
+        "streams_wall_seconds_including_data_and_eval": streams_wall,
+        "streams_stage1_seconds": [r["timings"][0]["seconds"] for r in streams],
+        "stacked_stage1_seconds_excluding_capture": seconds,
+        "stacked_capture_seconds": stage["compile_seconds"],
+        "stacked_wall_seconds_including_data_and_eval": stacked_wall,
+        "cuda_graph": stage["cuda_graph"],
+        "fallback_reason": stage["fallback_reason"],
+        "stacked_vs_single_models_per_second": k * single["stage1_seconds_excluding_capture"] / seconds,
+        "stacked_vs_streams_wall": streams_wall / stacked_wall,
+        "images_per_second": k * epochs * stage["steps_per_epoch"] * stage["batch_size"] / seconds,
+        "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
+        "test_top1": {"single": single["test_top1"], "streams": [r["test"]["top1"] for r in streams],
+                      "stacked": [r["test"]["top1"] for r in stacked]},
+    }
+
+
 def _lws_stage():
     from ..config import OptimizerConfig, ScheduleConfig, StageConfig
 
@@ -193,5 +252,18 @@ def _table(record: dict) -> str:
                 f"{variant}: {fast['speedup_vs_conventional']:.1f}x vs conventional, {fast['speedup_vs_eager_fp32']:.1f}x vs eager fp32; "
                 f"{fast['images_per_second']:.0f} images/s, peak GPU memory {fast['peak_gpu_memory_mib']:.0f} MiB, test top-1 {fast['test_top1']:.2f}"
             )
+    for variant, stacked in record.items():
+        if not variant.startswith("stacked") or not isinstance(stacked, dict):
+            continue
+        if "error" in stacked:
+            lines.append(f"{variant}: failed, {stacked['error']}")
+            continue
+        lines.append(
+            f"{variant}: {stacked['k']} runs stacked {stacked['stacked_stage1_seconds_excluding_capture']:.1f} s "
+            f"(one run alone {stacked['single_stage1_seconds_excluding_capture']:.1f} s: "
+            f"{stacked['stacked_vs_single_models_per_second']:.2f}x the models per second); wall with data and eval "
+            f"{stacked['stacked_wall_seconds_including_data_and_eval']:.1f} s vs {stacked['k']} streams "
+            f"{stacked['streams_wall_seconds_including_data_and_eval']:.1f} s ({stacked['stacked_vs_streams_wall']:.2f}x)"
+        )
     lines.append(f"stage 2 LWS ({record['stage2_lws']['epochs']} epochs, cached features): {record['stage2_lws']['seconds']:.2f} s")
     return "\n".join(lines)
