@@ -2,7 +2,7 @@
 # One GPU call's measurements. Everything is written under /tmp/session and packed into
 # $OUT/session.tar.gz (the device tool brings back at most 8 files), with the console in $OUT/log.txt.
 # Usage, from the repository root on the GPU machine (prepared data files carried in .prepared/):
-#   LONGTAIL_COMMIT=<sha> [PROBE=1] [SPEED=1 [SPEED_ARGS="..."]] [EAGER_PARITY=1] [SMOKE=<recipes>] [CONCURRENT=3] [SET="k=v ..."] [SEEDS="0 1"] \
+#   LONGTAIL_COMMIT=<sha> [SPEED=1 [SPEED_ARGS="..."]] [EAGER_PARITY=1] [SMOKE=<recipes>] [CONCURRENT=3] [STACK=3] [SET="k=v ..."] [SEEDS="0 1"] \
 #     bash benchmarks/gpu_session.sh [SPEC "<methods>" "<imbalance factors>"]
 # e.g. bash benchmarks/gpu_session.sh benchmarks/specs/cifar10_lt_iwb_bwlm.yaml "wd wd_maxnorm_cb iwb" "100"
 # Afterwards, here: tar -xzf <files_at>/session.tar.gz -C /tmp; longtail bench merge
@@ -23,11 +23,9 @@ python -c "import torch; print('torch', torch.__version__)" | tee -a "$W/gpu.txt
 if [ -n "${SMOKE:-}" ]; then
   python benchmarks/gpu_smoke.py "$W/smoke" "$SMOKE" 2>&1 | grep -v Warn | tee "$W/smoke.log" | cut -c1-300
 fi
-if [ -n "${PROBE:-}" ]; then  # stacked-seeds probe (benchmarks/probe_stacked.py), about a minute
-  python benchmarks/probe_stacked.py --output "$W/probe_stacked.json" 2>&1 | tee "$W/probe_stacked.log"
-fi
 if [ -n "${SPEED:-}" ]; then
-  # SPEED_ARGS: e.g. "--epochs 20 --variants fast fast_compiled fast_nchw fast_compiled_nchw" (a probe)
+  # SPEED_ARGS: e.g. "--epochs 20 --variants fast fast_compiled fast_nchw fast_compiled_nchw" (a probe),
+  # "--epochs 20 --variants fast stacked3" (3 stacked seeds vs one run and vs 3 streams)
   python -m longtail.cli bench speed --prepared .prepared/cifar10_lt_if100.ltd --output "$W/speed.json" ${SPEED_ARGS:-} 2>&1 \
     | grep -v Warn | tee "$W/speed.log"
 fi
@@ -37,6 +35,6 @@ if [ -n "${EAGER_PARITY:-}" ]; then  # eager fp32 is bound by the host: one work
 fi
 if [ -n "$SPEC" ]; then
   python -m longtail.cli bench reproduce "$SPEC" ${METHODS:+--methods $METHODS} ${FACTORS:+--imbalance-factors $FACTORS} \
-    ${SET:+--set $SET} ${SEEDS:+--seeds $SEEDS} --runs "$W/runs" --results "$W" --concurrent "${CONCURRENT:-3}" 2>&1 | grep -v Warn \
+    ${SET:+--set $SET} ${SEEDS:+--seeds $SEEDS} ${STACK:+--stack $STACK} --runs "$W/runs" --results "$W" --concurrent "${CONCURRENT:-3}" 2>&1 | grep -v Warn \
     | tee "$W/reproduce.log" | tail -40
 fi
