@@ -22,6 +22,7 @@ import yaml
 
 from .errors import ConfigError
 from .registry import closest
+from .scaling import apply_epoch_scale
 
 
 @dataclass
@@ -133,6 +134,8 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
     method: str | None = None  # a packaged recipe this config started from (informational)
+    epoch_scale: float = 1.0  # multiply the whole-network stages' epochs and epoch events (longtail/scaling.py)
+    scaled_by: float = 1.0  # the scale already applied (informational; set when epoch_scale is applied)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
@@ -276,11 +279,9 @@ def _resolve(mapping: dict[str, Any], here: Path | None, seen: tuple[str, ...] =
     method = mapping.get("method")
     if method is not None and not base_file:
         base = _merge(_resolve(_method_mapping(method), None), base)
-    overrides = list(base.get("overrides", [])) + list(mapping.get("overrides", []))  # base first
-    merged = _merge(base, mapping)
-    if overrides:
-        merged["overrides"] = overrides
-    return merged
+    for text in base.pop("overrides", []):  # the base's overrides shape the base; this file's keys win over them
+        _apply_override(base, *parse_override(str(text)))
+    return _merge(base, mapping)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -353,6 +354,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), mappi
         keys, value = parse_override(str(text))
         _apply_override(raw, keys, value)
     config = from_dict(RunConfig, raw)
+    apply_epoch_scale(config)
     validate(config)
     return config
 

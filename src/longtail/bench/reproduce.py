@@ -21,6 +21,7 @@ says which runs train alone and why.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import multiprocessing
@@ -103,7 +104,7 @@ def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, 
         if len(job.config.stages) > 1 and not job.config.stages[0].options.get("init_from"):
             key = _stage1_key(job.config)
             if key not in providers:
-                provider_config = load_config(mapping=to_dict(job.config))
+                provider_config = copy.deepcopy(job.config)  # not reloaded: a recipe's overrides would apply again
                 provider_config.stages = provider_config.stages[:1]
                 provider_config.name = f"stage1_{key}"
                 providers[key] = Job(f"stage1_{key}", job.imbalance_factor, job.seed, provider_config)
