@@ -30,9 +30,13 @@ solo seed's stream (a solo run under a CUDA graph is not bitwise reproducible ei
 Not covered (``stack_refusal`` says so, and ``longtail bench reproduce --stack`` runs such runs
 alone): method-specific stage kinds (GLAG, LADC, BWLM), classifier stages on online features
 (``features: online``, ``shift_bn``), images streamed from disk, encoders other than the CIFAR and
-torchvision ResNets, data parallelism, and resuming: stacked runs checkpoint at the end of each
-stage only (``checkpoint.pt`` with the stage's weights; a run interrupted inside a stage reruns
-that stage alone on resume, and a run with a ``checkpoint.pt`` is resumed alone).
+torchvision ResNets, and data parallelism.
+
+Checkpoints and resuming: every ``engine.checkpoint_every`` epochs and at the end of each stage,
+each member writes its own ``checkpoint.pt`` as the run alone would (its weights, its optimizer
+state sliced out of the stack in the solo run's layout, its loss state, divergence level and
+random stream). A run with a ``checkpoint.pt`` resumes alone (an interrupted stack resumes as K
+single runs); on the CPU it then continues exactly as the run alone would have.
 """
 from __future__ import annotations
 
@@ -479,6 +483,33 @@ class StackedTrainer:
             count += int(not torch.isfinite(p.detach()).all())
         return count
 
+    def member_state_dict(self, k: int, named: list[tuple[str, nn.Parameter]]) -> dict[str, Any]:
+        """Member ``k``'s trainer state as :meth:`StageTrainer.state_dict` writes it for the run alone
+        (``named``: the parameters that run trains, its names and order), so the run resumes alone."""
+        m = self.plan.members[k]
+        stacked = dict(self.encoder.net.named_parameters()) if self.encoder is not None else {}
+        groups = build_param_groups(named, self.plan.optimizer)
+        for group, own in zip(groups, self.optimizer.param_groups):
+            group["lr"] = float(own["lr"])
+        solo = torch.optim.SGD(groups, lr=self.plan.optimizer.lr, momentum=self.plan.optimizer.momentum,
+                               nesterov=self.plan.optimizer.nesterov, weight_decay=self.plan.optimizer.weight_decay)
+        for name, param in named:
+            if self.encoder is not None and name.startswith("encoder."):
+                source, chunk = stacked[name[len("encoder."):]], True
+            else:
+                source, chunk = param, False
+            buffer = self.optimizer.state.get(source, {}).get("momentum_buffer")
+            if buffer is not None:
+                solo.state[param] = {"momentum_buffer": (buffer.chunk(self.k, 0)[k] if chunk else buffer).clone()}
+        state = solo.state_dict()
+        for group in state["param_groups"]:
+            group["lr"] = float(group["lr"])
+            group["fused"] = self.optimizer.defaults.get("fused")
+        out = {"optimizer": state, "hooks": [m.loss_fn.state_dict()] if isinstance(m.loss_fn, nn.Module) else []}
+        if m.check is not None:
+            out["divergence"] = m.check.state_dict()
+        return out
+
     def fit(self, start_epoch: int = 0,
             on_epoch_end: Callable[[int, list[dict[str, float]]], None] | None = None) -> list[list[dict[str, float]]]:
         history = []
@@ -498,6 +529,16 @@ class StackedTrainer:
 
 
 # ---------------------------------------------------------------------------- stacked runs
+class _MemberTrainerState:
+    """What :meth:`Run._save` asks of a trainer: its ``state_dict()``."""
+
+    def __init__(self, state: dict[str, Any]):
+        self.state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+
 class StackedRun:
     """K runs trained as one stack; ``execute()`` returns their results dicts, in order.
 
@@ -623,6 +664,16 @@ class StackedRun:
                         if best_val[k] is None or val_top1 > best_val[k][0]:
                             best_val[k] = (val_top1, copy.deepcopy(ctx.model.state_dict()))
                     run._log(record)
+                    every = config.engine.checkpoint_every
+                    if every and (epoch + 1) % every == 0 and epoch + 1 < _stages[k].epochs:
+                        if not synced:
+                            sync()
+                            synced = True
+                        trained = ctx.model if encoder is not None else ctx.model.head
+                        named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
+                        state = _MemberTrainerState(trainer.member_state_dict(k, named))
+                        with rngs[k].active():  # the checkpoint's RNG state is the member's own
+                            run._save(ctx, _index, epoch + 1, state)
 
             trainer.fit(0, on_epoch_end)
             sync()
