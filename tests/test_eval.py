@@ -169,3 +169,24 @@ def test_plots_write_pngs(tmp_path):
         plot_weight_norms({"x": (counts, [1.0, 2.0])}, tmp_path / "bad.png")
     with pytest.raises(DataError, match="no runs"):
         plot_per_class_accuracy({}, tmp_path / "bad.png")
+
+
+def test_macro_accuracy_and_f1_by_hand_on_an_imbalanced_test_set():
+    """Labels [0]*8 + [1]*2 + [2]*2, predictions: class 0 all right, class 1 one right (one -> 0),
+    class 2 both -> 0. Top-1 9/12 = 75; recalls 100, 50, 0 -> macro accuracy 50; F1: class 0
+    2*8/(8+11) = 84.21, class 1 2*1/(2+1) = 66.67, class 2 0 -> macro-F1 50.29 (sklearn's value)."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    targets = torch.tensor([0] * 8 + [1] * 2 + [2] * 2)
+    predictions = torch.tensor([0] * 8 + [1, 0] + [0, 0])
+    acc = ConfusionAccumulator(3)
+    acc.update(torch.nn.functional.one_hot(predictions, 3).float(), targets)
+    result = acc.compute([100, 30, 5])
+    assert result.top1 == pytest.approx(75.0)
+    assert result.macro_accuracy == pytest.approx(50.0)
+    assert result.macro_f1 == pytest.approx(100 * (16 / 19 + 2 / 3 + 0) / 3)
+    assert result.macro_f1 == pytest.approx(100 * f1_score(targets, predictions, average="macro"))
+    assert result.macro_accuracy == pytest.approx(100 * balanced_accuracy_score(targets, predictions))
+    old = result.to_dict()
+    del old["macro_accuracy"], old["macro_f1"]  # results written before these metrics existed still load
+    assert EvalResult.from_dict(old).macro_f1 is None

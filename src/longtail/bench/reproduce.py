@@ -231,6 +231,7 @@ def _seed_record(job: Job, command: str) -> dict[str, Any]:
     return {
         "seed": job.seed,
         **{key: test[key] for key in ("top1", "many", "medium", "few")},
+        **{key: test.get(key) for key in ("macro_accuracy", "macro_f1")},  # None in runs older than them
         "seconds": job.result["seconds"],
         "run_dir": str(run_dir_of(job.config)),
         "device": env["runtime"].get("gpu", env["runtime"]["device"]),
@@ -253,8 +254,9 @@ def _cell(dataset: str, factor: float, method: str, per_seed: list[dict[str, Any
         "top1_mean": _mean_std(top1)[0],
         "top1_std": _mean_std(top1)[1],
     }
-    for group_name in ("many", "medium", "few"):
-        cell[group_name], cell[f"{group_name}_std"] = _mean_std([r[group_name] for r in per_seed])
+    for name in ("macro_accuracy", "macro_f1", "many", "medium", "few"):
+        values = [r.get(name) for r in per_seed]
+        cell[name], cell[f"{name}_std"] = (None, None) if None in values else _mean_std(values)
     cell.update(
         device=unique("device"),
         commit=unique("commit"),
@@ -322,14 +324,14 @@ def markdown(record: dict[str, Any]) -> str:
         "Run s: the seeds' wall times added up; runs trained concurrently (see each part's --concurrent) overlap,",
         "so a part's wall time (below) is the cost of its cells.",
         "",
-        "| IF | method | seeds | ours top-1 | many | medium | few | paper top-1 (source) | run s (sum over seeds) | device | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| IF | method | seeds | ours top-1 | macro F1 | many | medium | few | paper top-1 (source) | run s (sum over seeds) | device | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in record["cells"]:
         paper = "; ".join(f"{p['value']:.2f} ({p['paper']} {p['table']}, row '{p['row']}')" for p in c["paper"]) or "—"
         lines.append(
             f"| {c['imbalance_factor']:g} | {c['method']} | {len(c['seeds'])} | {fmt(c['top1_mean'], c['top1_std'])} | "
-            f"{fmt(c['many'], c['many_std'])} | {fmt(c['medium'], c['medium_std'])} | {fmt(c['few'], c['few_std'])} | "
+            f"{fmt(c.get('macro_f1'), c.get('macro_f1_std'))} | {fmt(c['many'], c['many_std'])} | {fmt(c['medium'], c['medium_std'])} | {fmt(c['few'], c['few_std'])} | "
             f"{paper} | {c['seconds']:.0f} | {c['device']} | {', '.join(x[:10] for x in c['commit'].split(', '))} |"
         )
     for part in record["parts"]:

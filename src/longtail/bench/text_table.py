@@ -86,8 +86,8 @@ def aggregate(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for method, runs in results.items():
         runs = sorted(runs, key=lambda r: r["seed"])
         row: dict[str, Any] = {"method": method, "description": METHODS.get(method, ""), "seeds": [r["seed"] for r in runs]}
-        for key in ("top1", "many", "medium", "few"):
-            values = [r["test"][key] for r in runs]
+        for key in ("top1", "macro_accuracy", "macro_f1", "many", "medium", "few"):
+            values = [r["test"].get(key) for r in runs]
             row[key], row[f"{key}_std"] = _mean_std(values)
             if key == "top1":
                 row["top1_per_seed"] = values
@@ -111,14 +111,16 @@ def markdown(record: dict[str, Any]) -> str:
         f"= {data['class_names'][0]}): {data['class_counts']} ({data['train_size']} in all); groups: "
         "many > 100, medium 20–100, few < 20 training posts.",
         "",
-        "| method | what | top-1 | many | medium | few | s / run |",
-        "|---|---|---|---|---|---|---|",
+        "| method | what | top-1 | macro acc | macro F1 | many | medium | few | s / run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     other_data = [r for r in record["rows"] if r["class_counts"] != data["class_counts"]]
     for r in record["rows"]:
         mark = " *" if r in other_data else ""
         lines.append(
-            f"| {r['method']}{mark} | {r['description']} | {fmt(r['top1'], r['top1_std'])} | {fmt(r['many'], r['many_std'])} | "
+            f"| {r['method']}{mark} | {r['description']} | {fmt(r['top1'], r['top1_std'])} | "
+            f"{fmt(r.get('macro_accuracy'), r.get('macro_accuracy_std'))} | {fmt(r.get('macro_f1'), r.get('macro_f1_std'))} | "
+            f"{fmt(r['many'], r['many_std'])} | "
             f"{fmt(r['medium'], r['medium_std'])} | {fmt(r['few'], r['few_std'])} | "
             f"{statistics.mean(r['seconds_per_seed']):.1f} |"
         )

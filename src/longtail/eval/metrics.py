@@ -17,7 +17,7 @@ Conventions (see ``docs/conventions.md``, Evaluation):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -57,6 +57,15 @@ def _mean_or_none(values: np.ndarray) -> float | None:
     return float(finite.mean()) if finite.size else None
 
 
+def _macro_f1(confusion: np.ndarray) -> float:
+    """Mean F1 (%) over the classes that occur as a label or a prediction."""
+    tp = np.diag(confusion).astype(np.float64)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    present = (support + predicted) > 0
+    f1 = 2 * tp[present] / (support[present] + predicted[present])
+    return 100.0 * float(f1.mean())
+
+
 @dataclass
 class EvalResult:
     """Metrics of one evaluation; every field is a plain Python value (JSON-friendly).
@@ -64,6 +73,11 @@ class EvalResult:
     ``per_class_accuracy[c]`` is None for a class without test samples; ``many`` / ``medium`` /
     ``few`` are None for an empty group; ``nll`` is None when it was not tracked.
     ``confusion[i][j]`` counts test samples of true class i predicted as class j.
+    ``macro_accuracy`` is the mean per-class recall over the classes with test samples (balanced
+    accuracy; equal to top-1 on a balanced test set); ``macro_f1`` the mean over those classes
+    and the predicted ones of F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c) (scikit-learn's
+    ``f1_score(average="macro")``). On an imbalanced test set they, not top-1, weigh every class
+    alike. Both are None in results written before they existed.
     """
 
     top1: float
@@ -77,6 +91,8 @@ class EvalResult:
     confusion: list[list[int]]
     thresholds: dict[str, int]
     num_samples: int
+    macro_accuracy: float | None = None
+    macro_f1: float | None = None
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (inverse of ``from_dict``)."""
@@ -86,7 +102,8 @@ class EvalResult:
     def from_dict(cls, data: dict) -> EvalResult:
         """Rebuild a result written by ``to_dict``."""
         names = {f.name for f in fields(cls)}
-        unknown, missing = set(data) - names, names - set(data)
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        unknown, missing = set(data) - names, names - optional - set(data)
         if unknown or missing:
             raise DataError(
                 f"not an EvalResult dict: unknown keys {sorted(unknown)}, missing keys "
@@ -189,6 +206,8 @@ class ConfusionAccumulator:
             confusion=confusion.tolist(),
             thresholds={"many": int(many_threshold), "few": int(few_threshold)},
             num_samples=total,
+            macro_accuracy=_mean_or_none(per_class),
+            macro_f1=_macro_f1(confusion),
         )
 
 

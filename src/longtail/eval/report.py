@@ -36,7 +36,8 @@ def _names(class_names, num_classes: int) -> list[str]:
 
 
 def format_report(result: EvalResult, class_names=None, title: str | None = None, width: int = 100) -> str:
-    """A one-row summary: top-1, many/medium/few (with class counts), ECE, NLL (all in %, NLL in nats).
+    """A one-row summary: top-1, macro accuracy and macro-F1, many/medium/few (with class counts),
+    ECE, NLL (all in %, NLL in nats).
 
     The caption names the classes with the lowest accuracy (``class_names`` or "class i").
     """
@@ -52,10 +53,12 @@ def format_report(result: EvalResult, class_names=None, title: str | None = None
     worst = ", ".join(f"{names[i]} {accs[i]:.1f}" for i in order[:NUM_WORST_CLASSES])
 
     table = Table(title=title, caption=f"lowest: {worst}", box=box.SIMPLE_HEAD)
-    for header in ("Top-1", *headers.values(), "ECE", "NLL", "N"):
+    for header in ("Top-1", "Macro acc", "Macro F1", *headers.values(), "ECE", "NLL", "N"):
         table.add_column(header, justify="right")
     table.add_row(
         _pct(result.top1),
+        _pct(result.macro_accuracy),
+        _pct(result.macro_f1),
         *(_pct(getattr(result, g)) for g in GROUPS),
         _pct(result.ece),
         "-" if result.nll is None else f"{result.nll:.4f}",
