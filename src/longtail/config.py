@@ -29,7 +29,7 @@ from .scaling import apply_epoch_scale
 class DataConfig:
     """Which dataset, how it is made long-tailed, and where it lives."""
 
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | newsgroups | prepared | splitfile | folder
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | newsgroups | text | features | prepared | splitfile | folder
     root: str = ".data"  # splitfile: the folder the lists' paths start from; folder: holds train/, test/, val/
     train_list: str | None = None  # splitfile: `path label` lists (e.g. ImageNet_LT_train.txt)
     val_list: str | None = None
@@ -44,6 +44,15 @@ class DataConfig:
     val_per_class: int = 0  # balanced validation split from left-out training images
     prepared: str | None = None  # a prepared-dataset file (overrides the fields above)
     download: bool = False
+    # text / features (your own data, data/user.py)
+    train_file: str | None = None  # text: .csv/.tsv/.jsonl; features: .npz (features, labels[, split])
+    test_file: str | None = None  # a separate test file (else split_column / the split array)
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str | None = None  # values train / test
+    subsample: str = "none"  # text/features: none (use as it is) | profile (imbalance_factor, profile)
+    embedder: str = "minilm"  # text: minilm (packaged) or a sentence-transformers model name
+    cache_dir: str = ".data/embeddings"
 
 
 @dataclass

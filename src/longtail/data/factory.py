@@ -11,7 +11,7 @@ from .dataset import LongTailedDataset
 if TYPE_CHECKING:
     from .files import FileDataset
 
-DATASETS = ("digits", "cifar10", "cifar100", "newsgroups", "prepared", "splitfile", "folder")
+DATASETS = ("digits", "cifar10", "cifar100", "newsgroups", "text", "features", "prepared", "splitfile", "folder")
 
 
 def load_dataset(config: DataConfig) -> LongTailedDataset | FileDataset:
@@ -49,6 +49,14 @@ def load_dataset(config: DataConfig) -> LongTailedDataset | FileDataset:
         from .text import build_newsgroups_lt
 
         return build_newsgroups_lt(root=config.root, **selection)
+    if config.dataset == "text":
+        from .user import build_text_dataset
+
+        return build_text_dataset(config)
+    if config.dataset == "features":
+        from .user import build_features_dataset
+
+        return build_features_dataset(config)
     if config.dataset in ("splitfile", "folder"):
         from .files import load_file_dataset
 

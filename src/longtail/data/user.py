@@ -1,0 +1,219 @@
+"""Bring your own long-tailed data: ``data.dataset: text`` (CSV / TSV / JSONL) and ``features``
+(pre-computed ``.npy`` / ``.npz``).
+
+Natural data is used as it is (``data.subsample: none``, the default for these datasets) or made
+long-tailed by the usual profile (``subsample: profile``). Classes are the sorted distinct training
+labels (their names kept end to end). Validation (``val_per_class``) is held out of the training data
+itself by :func:`holdout_validation`, since nothing was left out.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .dataset import ArraySplit, LongTailedDataset
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Rows of a ``.csv``, ``.tsv`` (header line) or ``.jsonl`` (one object a line) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; set data.train_file / data.test_file")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    if suffix in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    raise DataError(f"{path}: unknown text file type {suffix!r}; use .csv, .tsv or .jsonl")
+
+
+def _column(rows: list[dict], name: str, path) -> list:
+    if rows and name not in rows[0]:
+        raise DataError(
+            f"{path}: no column {name!r} (columns: {', '.join(rows[0])}); set data.text_column / data.label_column"
+        )
+    return [r[name] for r in rows]
+
+
+def holdout_validation(labels, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified hold-out from the training data itself; ``(val_indices, train_indices)``.
+
+    Rule, per class in label order with one ``np.random.RandomState(seed)``: a seeded permutation of
+    the class's items; the first ``min(per_class, n_c - 1)`` go to validation, so no class is ever
+    emptied (a class with one item gives none). Training keeps source order.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if int(per_class) < 1:
+        raise DataError(f"per_class must be a positive number of validation items, got {per_class}")
+    rng = np.random.RandomState(seed)
+    val = []
+    for c in range(int(labels.max()) + 1):
+        idx = np.flatnonzero(labels == c)
+        val.append(rng.permutation(idx)[: max(0, min(int(per_class), idx.size - 1))])
+    val = np.sort(np.concatenate(val)).astype(np.int64)
+    return val, np.setdiff1d(np.arange(labels.size), val).astype(np.int64)
+
+
+def encode_labels(train_labels, test_labels, where: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Class names (sorted distinct training labels) and int labels; a test label unseen in training
+    is an error naming it (never silently dropped)."""
+    train_labels = [str(v) for v in train_labels]
+    test_labels = [str(v) for v in test_labels]
+    names = sorted(set(train_labels))
+    unseen = sorted(set(test_labels) - set(names))
+    if unseen:
+        raise DataError(
+            f"{where}: test classes {unseen} have no training item; add training items or drop those test rows"
+        )
+    ids = {n: i for i, n in enumerate(names)}
+    return names, np.array([ids[v] for v in train_labels], np.int64), np.array([ids[v] for v in test_labels], np.int64)
+
+
+def _split_rows(config, rows, path):
+    """(train rows, test rows) from one file with ``split_column`` or separate train/test files."""
+    if config.test_file:
+        return rows, read_records(config.test_file)
+    if not config.split_column:
+        raise DataError(f"{path}: name a test set: data.test_file, or data.split_column (values train/test)")
+    split = [str(s).strip().lower() for s in _column(rows, config.split_column, path)]
+    bad = sorted(set(split) - {"train", "test", "val"})
+    if bad:
+        raise DataError(f"{path}: split column {config.split_column!r} has values {bad}; use train, test (or val)")
+    return [r for r, s in zip(rows, split) if s == "train"], [r for r, s in zip(rows, split) if s == "test"]
+
+
+def _select(config, y_train: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Training indices: all (``subsample: none``) or a long-tailed profile subset."""
+    C = int(y_train.max()) + 1
+    counts = np.bincount(y_train, minlength=C)
+    if config.subsample == "none":
+        return np.arange(y_train.size, dtype=np.int64), {"subsample": "none"}
+    if config.subsample != "profile":
+        raise DataError(f"data.subsample must be 'none' or 'profile', got {config.subsample!r}")
+    from .cifar import select_long_tailed
+    from .profiles import build_profile
+
+    target = build_profile(config.profile, int(counts.max()), C, config.imbalance_factor, counts=config.counts)
+    target = np.minimum(np.asarray(target), counts)
+    sel = select_long_tailed(y_train, target, rule=config.selection, seed=config.selection_seed)
+    return np.asarray(sel, np.int64), {"subsample": "profile", "profile": config.profile, "target_counts": list(map(int, target))}
+
+
+def _finish(name, names, x_tr, y_tr, x_te, y_te, config, meta) -> LongTailedDataset:
+    counts = np.bincount(y_tr, minlength=len(names))
+    empty = [names[c] for c in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DataError(f"{name}: classes {empty} have no training item; add items or drop the class")
+    val = None
+    train_idx = np.arange(y_tr.size)
+    if config.val_per_class:
+        val_idx, train_idx = holdout_validation(y_tr, config.val_per_class, seed=config.selection_seed)
+        val = ArraySplit(x_tr[val_idx], y_tr[val_idx], val_idx)
+        meta["val_policy"] = {
+            "per_class": int(config.val_per_class), "seed": int(config.selection_seed),
+            "source": "held out of the training data (stratified, min(per_class, n_c - 1) per class)",
+        }
+    kept = np.bincount(y_tr[train_idx], minlength=len(names))
+    meta.update(train_counts=kept.tolist(), imbalance=float(kept.max() / max(1, kept.min())))
+    return LongTailedDataset(
+        name=name, num_classes=len(names), class_names=list(names),
+        train=ArraySplit(x_tr[train_idx], y_tr[train_idx], train_idx), test=ArraySplit(x_te, y_te, np.arange(y_te.size)),
+        val=val, meta=meta,
+    )
+
+
+def make_embedder(name: str):
+    """``minilm`` (the packaged all-MiniLM-L6-v2) or any sentence-transformers model name / path."""
+    from .text import MiniLMEmbedder
+
+    if name in ("", "minilm"):
+        return MiniLMEmbedder()
+
+    class _STEmbedder:
+        def __init__(self, model_name):
+            self.name, self._model = f"sentence-transformers:{model_name}", None
+            self._model_name = model_name
+
+        def __call__(self, texts):
+            if self._model is None:
+                try:
+                    from sentence_transformers import SentenceTransformer
+                except ImportError:
+                    raise DataError("data.embedder names a sentence-transformers model: `pip install sentence-transformers`") from None
+                self._model = SentenceTransformer(self._model_name, device="cpu")
+            return np.asarray(self._model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True), np.float32)
+
+    return _STEmbedder(name)
+
+
+def build_text_dataset(config, embedder=None) -> LongTailedDataset:
+    """``data.dataset: text``: ``train_file`` (+ ``test_file`` or ``split_column``), columns
+    ``text_column`` / ``label_column``, embedded (cached by content hash, :func:`text.embed_texts`)."""
+    from .text import embed_texts
+
+    path = config.train_file
+    if not path:
+        raise DataError("data.dataset is 'text' but data.train_file names no file")
+    rows = read_records(path)
+    train_rows, test_rows = _split_rows(config, rows, path)
+    for col in (config.text_column, config.label_column):
+        _column(train_rows, col, path), _column(test_rows, col, config.test_file or path)
+    names, y_all, y_te = encode_labels(
+        _column(train_rows, config.label_column, path), _column(test_rows, config.label_column, path), str(path)
+    )
+    sel, sub_meta = _select(config, y_all)
+    embedder = embedder or make_embedder(config.embedder)
+    texts = [str(r[config.text_column]) for r in train_rows]
+    x_tr, k_tr = embed_texts([texts[i] for i in sel], embedder, config.cache_dir)
+    x_te, k_te = embed_texts([str(r[config.text_column]) for r in test_rows], embedder, config.cache_dir)
+    meta = {"source": str(Path(path).resolve()), "embedder": embedder.name, "feature_dim": int(x_tr.shape[1]),
+            "embedding_keys": {"train": k_tr, "test": k_te}, **sub_meta}
+    return _finish(Path(path).stem, names, x_tr, y_all[sel], x_te, y_te, config, meta)
+
+
+def _load_arrays(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"features file {path} does not exist; set data.train_file")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=True) as f:
+            return {k: f[k] for k in f.files}
+    if path.suffix == ".npy":
+        return {"features": np.load(path, allow_pickle=False)}
+    raise DataError(f"{path}: features must be .npz (features, labels[, split]) or .npy (with data.labels_file)")
+
+
+def build_features_dataset(config) -> LongTailedDataset:
+    """``data.dataset: features``: an ``.npz`` with ``features`` [N, D], ``labels`` [N] and ``split``
+    [N] (train/test), or ``train_file`` + ``test_file`` without ``split``."""
+    def load(path):
+        arr = _load_arrays(path)
+        for key in ("features", "labels"):
+            if key not in arr:
+                raise DataError(f"{path}: no array {key!r} (arrays: {', '.join(arr)}); save features=, labels=")
+        x = np.asarray(arr["features"], np.float32)
+        if x.ndim != 2:
+            raise DataError(f"{path}: features have shape {x.shape}; expected [N, D]")
+        return x, arr["labels"], arr.get("split")
+
+    x, y, split = load(config.train_file)
+    if config.test_file:
+        x_te, y_te, _ = load(config.test_file)
+        if x_te.shape[1] != x.shape[1]:
+            raise DataError(f"mixed feature dimensions: train {x.shape[1]}, test {x_te.shape[1]}; use one encoder")
+        x_tr, y_tr = x, y
+    else:
+        if split is None:
+            raise DataError(f"{config.train_file}: no 'split' array and no data.test_file; add one")
+        split = np.char.lower(np.asarray(split).astype(str))
+        x_tr, y_tr, x_te, y_te = x[split == "train"], y[split == "train"], x[split == "test"], y[split == "test"]
+    names, y_all, y_test = encode_labels(y_tr, y_te, str(config.train_file))
+    sel, sub_meta = _select(config, y_all)
+    meta = {"source": str(Path(config.train_file).resolve()), "feature_dim": int(x.shape[1]), **sub_meta}
+    return _finish(Path(config.train_file).stem, names, x_tr[sel], y_all[sel], x_te, y_test, config, meta)

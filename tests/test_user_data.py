@@ -1,0 +1,78 @@
+"""Your own data (data/user.py): a small, naturally imbalanced CSV through `longtail train`, the
+validation hold-out rule, and the clear errors."""
+import json
+
+import numpy as np
+import pytest
+
+import longtail.data.user as user
+from longtail.cli import main
+from longtail.config import DataConfig
+from longtail.errors import DataError
+
+CSV = "tests/data/tiny_natural.csv"  # weather 60 / sports 25 / cooking 10 / music 5 / astronomy 2 (+6 test each)
+
+
+class WordEmbedder:
+    """Cheap deterministic features: counts of a fixed vocabulary."""
+
+    name = "word-count-embedder-v1"
+    vocab = "rain sunny cloud storm wind forecast goal match team score league coach recipe oven bake salt pan dinner " \
+            "guitar song band chord album drum star planet telescope orbit comet galaxy".split()
+
+    def __call__(self, texts):
+        return np.array([[t.split().count(w) for w in self.vocab] for t in texts], np.float32)
+
+
+def config(tmp_path, **kw):
+    return DataConfig(dataset="text", train_file=CSV, split_column="split", cache_dir=str(tmp_path / "emb"), **kw)
+
+
+def test_text_csv_natural_counts_and_names(tmp_path):
+    ds = user.build_text_dataset(config(tmp_path), embedder=WordEmbedder())
+    assert ds.class_names == ["astronomy", "cooking", "music", "sports", "weather"]
+    assert np.bincount(ds.train.y).tolist() == [2, 10, 5, 25, 60]
+    assert len(ds.test) == 30 and ds.meta["imbalance"] == 30.0
+
+
+def test_holdout_never_empties_a_class():
+    labels = np.array([0] * 5 + [1] * 2 + [2])
+    val, train = user.holdout_validation(labels, per_class=3, seed=0)
+    assert np.bincount(labels[val], minlength=3).tolist() == [3, 1, 0]
+    assert np.bincount(labels[train], minlength=3).tolist() == [2, 1, 1]
+    assert not set(val) & set(train)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="no column 'body'"):
+        user.build_text_dataset(config(tmp_path, text_column="body"), embedder=WordEmbedder())
+    bad = tmp_path / "bad.csv"
+    bad.write_text("split,label,text\ntrain,a,x\ntest,a,x\ntest,b,y\n")
+    with pytest.raises(DataError, match=r"test classes \['b'\] have no training item"):
+        user.build_text_dataset(DataConfig(dataset="text", train_file=str(bad), split_column="split",
+                                           cache_dir=None), embedder=WordEmbedder())
+    np.savez(tmp_path / "tr.npz", features=np.zeros((4, 3)), labels=[0, 1, 0, 1])
+    np.savez(tmp_path / "te.npz", features=np.zeros((2, 5)), labels=[0, 1])
+    with pytest.raises(DataError, match="mixed feature dimensions"):
+        user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "tr.npz"),
+                                               test_file=str(tmp_path / "te.npz")))
+
+
+def test_features_npz_with_split(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", features=rng.normal(size=(12, 4)), labels=[0] * 6 + [1] * 3 + [2] * 3,
+             split=["train"] * 4 + ["test"] * 2 + ["train"] * 2 + ["test"] + ["train", "train", "test"])
+    ds = user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.npz"), val_per_class=1))
+    assert np.bincount(ds.train.y).tolist() == [3, 1, 1] and len(ds.val) == 3 and len(ds.test) == 4
+
+
+def test_train_cli_end_to_end_reports_macro(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(user, "make_embedder", lambda name: WordEmbedder())
+    args = ["train", f"output_dir={tmp_path}", "name=own", "data.dataset=text", f"data.train_file={CSV}",
+            "data.split_column=split", f"data.cache_dir={tmp_path / 'emb'}", "model.encoder=identity",
+            "stages.0.epochs=30", "stages.0.batch_size=16", "stages.0.augment=none", "stages.0.optimizer.lr=0.5",
+            "engine.progress=false"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "own" / "seed0" / "results.json").read_text())
+    text = json.dumps(results)
+    assert "macro_accuracy" in text and "macro_f1" in text
