@@ -76,3 +76,24 @@ def test_train_cli_end_to_end_reports_macro(tmp_path, monkeypatch, capsys):
     results = json.loads((tmp_path / "own" / "seed0" / "results.json").read_text())
     text = json.dumps(results)
     assert "macro_accuracy" in text and "macro_f1" in text
+
+
+def test_text_table_on_own_data(tmp_path, monkeypatch):
+    from longtail.bench import text_table
+
+    monkeypatch.setattr(user, "make_embedder", lambda name: WordEmbedder())
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    stage = ("stages:\n  - {name: stage1, epochs: 20, batch_size: 16, sampler: {name: instance}, augment: none, "
+             "loss: {name: %s}, optimizer: {lr: 0.5, momentum: 0.9, weight_decay: 5.0e-4}}\n")
+    data = (f"data: {{dataset: text, train_file: {CSV}, split_column: split, cache_dir: {tmp_path / 'emb'}}}\n"
+            "model: {encoder: identity, head: linear}\n")
+    (configs / "ce.yaml").write_text("name: own_ce\n" + data + stage % "ce")
+    (configs / "bs.yaml").write_text("name: own_bs\n" + data + stage % "balanced_softmax")
+    argv = ["--configs", str(configs), "--seeds", "0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+    assert text_table.main(argv) == 0
+    record = json.loads((tmp_path / "res" / "tiny_natural.json").read_text())
+    assert [r["method"] for r in record["rows"]] == ["bs", "ce"]
+    assert all(r["macro_accuracy"] is not None and r["macro_f1"] is not None for r in record["rows"])
+    md = (tmp_path / "res" / "tiny_natural.md").read_text()
+    assert md.startswith("# tiny_natural: 5 classes, imbalance 30") and "macro F1" in md

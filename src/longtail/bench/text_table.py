@@ -104,7 +104,7 @@ def markdown(record: dict[str, Any]) -> str:
     fmt = lambda m, s: "—" if m is None else f"{m:.2f} ± {s:.2f}"  # noqa: E731
     data = record["dataset"]
     lines = [
-        "# 20 Newsgroups-LT (IF 100) on frozen all-MiniLM-L6-v2 embeddings",
+        f"# {data.get('title') or '20 Newsgroups-LT (IF 100) on frozen all-MiniLM-L6-v2 embeddings'}",
         "",
         f"Ours: mean ± sample std over seeds {record['seeds']}, top-1 % on the full bydate test split "
         f"({data['test_size']} posts), model after the last epoch. Training posts per class (class 0 "
@@ -137,12 +137,28 @@ def markdown(record: dict[str, Any]) -> str:
         f"Embedder: {data['embedder']}. Dataset preparation in this run: {record['dataset_seconds']:.1f} s "
         "(embeddings are cached in .data/embeddings; the first preparation embeds the texts, minutes on a CPU).",
         "",
-        NOT_COMPARABLE,
-        "",
+        *((record["not_comparable"], "") if record.get("not_comparable") else ()),
         f"Command: `{record['command']}` — commit {record['commit']}, device {record['device']}, "
         f"{record['wall_seconds']:.0f} s wall, {record['started']}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def resolve_methods(config_dir: Path, methods: list[str] | None) -> dict[str, Path]:
+    """Row name -> config file. A name is ``config_dir/<name>.yaml`` or a config file path; no names:
+    :data:`METHODS` for the 20NG-LT folder, else every ``*.yaml`` in ``config_dir`` (sorted)."""
+    if not methods:
+        methods = list(METHODS) if config_dir == CONFIG_DIR else sorted(p.stem for p in config_dir.glob("*.yaml"))
+    out = {}
+    for m in methods:
+        path = config_dir / f"{m}.yaml"
+        if not path.is_file() and Path(m).is_file():
+            path = Path(m)
+        if not path.is_file():
+            known = sorted(p.stem for p in config_dir.glob("*.yaml"))
+            raise SystemExit(f"--methods {m}: no {path} and no such config file; configs in {config_dir}: {', '.join(known)}")
+        out[Path(m).stem] = path
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         "--runs /tmp/ng/runs --results /tmp/ng/results",
     )
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="run seeds (default 0 1 2)")
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
-                        help="run only these rows, in the order given (default: all, in table order): "
-                        + ", ".join(METHODS))
-    parser.add_argument("--configs", default=str(CONFIG_DIR), help="folder of the newsgroups_lt configs")
+    parser.add_argument("--methods", nargs="*", default=None, metavar="METHOD",
+                        help="rows in the order given: config names in --configs, or config files (default: for "
+                        "configs/newsgroups_lt the table order " + ", ".join(METHODS) + "; else every config in the folder)")
+    parser.add_argument("--configs", default=str(CONFIG_DIR), help="folder of the configs (any dataset: data.dataset text/features)")
+    parser.add_argument("--name", default=None, help="results file stem (default newsgroups_lt for 20NG, else the dataset name)")
     parser.add_argument("--runs", default="runs/newsgroups_lt", help="folder of the run folders")
     parser.add_argument("--results", default="benchmarks/results", help="folder of the results JSON/Markdown")
     parser.add_argument("--resume", action="store_true", help="reuse finished run folders instead of re-running")
@@ -168,17 +185,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started, start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     config_dir = Path(args.configs)
+    args.methods = resolve_methods(config_dir, args.methods)
     common = ["engine.device=cpu", "engine.progress=false", f"output_dir={args.runs}", *args.overrides]
     results: dict[str, list[dict[str, Any]]] = {}
-    configs = {m: load_config(config_dir / f"{m}.yaml", common) for m in args.methods}
+    configs = {m: load_config(args.methods[m], common) for m in args.methods}
     # the table's data block: the shared one (no validation split) when the subset has it
-    first = next((c for c in configs.values() if not c.data.val_per_class), configs[args.methods[0]])
+    first = next((c for c in configs.values() if not c.data.val_per_class), configs[next(iter(args.methods))])
     t0 = time.perf_counter()
     dataset = runner.load_dataset(first.data)  # embeds (or reads the cache) once, before timing runs
     dataset_seconds = time.perf_counter() - t0
     for method in args.methods:
         for seed in args.seeds:
-            config = load_config(config_dir / f"{method}.yaml", [*common, f"seed={seed}", f"name={method}"])
+            config = load_config(args.methods[method], [*common, f"seed={seed}", f"name={method}"])
             result = run_config(config, command=command, fresh=not args.resume)
             results.setdefault(method, []).append(result)
             test = result["test"]
@@ -186,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"medium {_num(test['medium'])}, few {_num(test['few'])}) {result['seconds']:.1f} s", flush=True)
     runtime = Runtime.resolve(first.engine)
     counts = dataset.class_counts.tolist()
+    is_20ng = dataset.name == "newsgroups-lt"
+    name = args.name or (NAME if is_20ng else dataset.name)
+    imbalance = max(counts) / max(1, min(counts))
     record = {
-        "name": NAME,
+        "name": name,
         "seeds": args.seeds,
         "rows": aggregate(results),
         "dataset": {
@@ -198,14 +219,21 @@ def main(argv: list[str] | None = None) -> int:
             "test_size": int(len(dataset.test)),
             "embedder": dataset.meta.get("embedder"),
             "meta": dataset.meta,
+            "title": None if is_20ng else (
+                f"{dataset.name}: {dataset.num_classes} classes, imbalance {imbalance:.0f} "
+                f"(train counts {max(counts)}..{min(counts)}), features from {dataset.meta.get('embedder') or 'a frozen encoder'}"
+            ),
             "description": (
                 "20news-bydate; headers, footers and quotes removed (scikit-learn's rules); classes relabelled "
                 "largest first by bydate training count; exponential profile n_c = int(600·0.01^(c/19)); "
                 "seeded shuffle selection (seed 0); full bydate test split."
+            ) if is_20ng else (
+                f"{dataset.meta.get('source')}; {dataset.meta.get('subsample', 'profile')} subsampling; "
+                f"classes {dataset.class_names}; {len(dataset.test)} test items."
             ),
         },
         "dataset_seconds": dataset_seconds,
-        "not_comparable": NOT_COMPARABLE,
+        "not_comparable": NOT_COMPARABLE if is_20ng else "",
         "command": command,
         "commit": git_commit(),
         "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -216,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"{NAME}.json", record)
-    (out / f"{NAME}.md").write_text(markdown(record))
+    write_json(out / f"{name}.json", record)
+    (out / f"{name}.md").write_text(markdown(record))
     print(markdown(record))
-    print(f"wrote {out / (NAME + '.json')} and .md")
+    print(f"wrote {out / (name + '.json')} and .md")
     return 0
 
 
