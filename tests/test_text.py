@@ -249,3 +249,26 @@ def test_minilm_embeds_offline():
     assert out.shape == (3, 384) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4)
     assert out[0] @ out[1] > out[0] @ out[2]
+
+
+def test_generic_text_path_matches_the_dedicated_one(tmp_path):
+    """20NG-LT through data.dataset: text (an exported JSONL) = build_newsgroups_lt: same features
+    (same cache keys), labels, class names and selection."""
+    from longtail.config import DataConfig
+    from longtail.data.user import build_text_dataset
+
+    fake_corpus(tmp_path)
+    cache = tmp_path / "cache"
+    emb = FakeEmbedder()
+    ded = build_newsgroups_lt(tmp_path, imbalance_factor=4, seed=0, cache_dir=cache, embedder=emb)
+    jsonl = text.export_newsgroups(tmp_path, tmp_path / "ng.jsonl")
+    cfg = DataConfig(dataset="text", train_file=str(jsonl), split_column="split", class_order="count",
+                     subsample="profile", imbalance_factor=4, cache_dir=str(cache))
+    gen = build_text_dataset(cfg, embedder=emb)
+    assert emb.calls == 2  # the generic path hit the dedicated path's cache files
+    assert gen.class_names == ded.class_names
+    assert gen.meta["embedding_keys"] == {"train": ded.meta["embedding_keys"]["train"], "test": ded.meta["embedding_keys"]["test"]}
+    for a, b in ((gen.train, ded.train), (gen.test, ded.test)):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+    np.testing.assert_array_equal(gen.train.indices, ded.train.indices)  # the same selection

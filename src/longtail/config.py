@@ -51,6 +51,7 @@ class DataConfig:
     label_column: str = "label"
     split_column: str | None = None  # values train / test
     subsample: str = "none"  # text/features: none (use as it is) | profile (imbalance_factor, profile)
+    class_order: str = "name"  # text/features: name (sorted labels) | count (largest first, ties by name)
     embedder: str = "minilm"  # text: minilm (packaged) or a sentence-transformers model name
     cache_dir: str = ".data/embeddings"
 

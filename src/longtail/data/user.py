@@ -60,12 +60,21 @@ def holdout_validation(labels, per_class: int, seed: int = 0) -> tuple[np.ndarra
     return val, np.setdiff1d(np.arange(labels.size), val).astype(np.int64)
 
 
-def encode_labels(train_labels, test_labels, where: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Class names (sorted distinct training labels) and int labels; a test label unseen in training
-    is an error naming it (never silently dropped)."""
+def encode_labels(train_labels, test_labels, where: str, order: str = "name") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Class names and int labels; ``order``: ``name`` (sorted distinct training labels) or ``count``
+    (largest first, ties by name: 20NG-LT's rule, :func:`text.order_classes`). A test label unseen in
+    training is an error naming it (never silently dropped)."""
     train_labels = [str(v) for v in train_labels]
     test_labels = [str(v) for v in test_labels]
     names = sorted(set(train_labels))
+    if order == "count":
+        from .text import order_classes
+
+        ids0 = {n: i for i, n in enumerate(names)}
+        counts = np.bincount([ids0[v] for v in train_labels], minlength=len(names))
+        names = [names[c] for c in order_classes(counts, names, "count")]
+    elif order != "name":
+        raise DataError(f"data.class_order must be 'name' or 'count', got {order!r}")
     unseen = sorted(set(test_labels) - set(names))
     if unseen:
         raise DataError(
@@ -105,7 +114,8 @@ def _select(config, y_train: np.ndarray) -> tuple[np.ndarray, dict]:
     return np.asarray(sel, np.int64), {"subsample": "profile", "profile": config.profile, "target_counts": list(map(int, target))}
 
 
-def _finish(name, names, x_tr, y_tr, x_te, y_te, config, meta) -> LongTailedDataset:
+def _finish(name, names, x_tr, y_tr, x_te, y_te, config, meta, source_idx) -> LongTailedDataset:
+    """The dataset; ``source_idx``: each training item's position among the source's training rows."""
     counts = np.bincount(y_tr, minlength=len(names))
     empty = [names[c] for c in np.flatnonzero(counts == 0)]
     if empty:
@@ -114,7 +124,7 @@ def _finish(name, names, x_tr, y_tr, x_te, y_te, config, meta) -> LongTailedData
     train_idx = np.arange(y_tr.size)
     if config.val_per_class:
         val_idx, train_idx = holdout_validation(y_tr, config.val_per_class, seed=config.selection_seed)
-        val = ArraySplit(x_tr[val_idx], y_tr[val_idx], val_idx)
+        val = ArraySplit(x_tr[val_idx], y_tr[val_idx], source_idx[val_idx])
         meta["val_policy"] = {
             "per_class": int(config.val_per_class), "seed": int(config.selection_seed),
             "source": "held out of the training data (stratified, min(per_class, n_c - 1) per class)",
@@ -123,7 +133,7 @@ def _finish(name, names, x_tr, y_tr, x_te, y_te, config, meta) -> LongTailedData
     meta.update(train_counts=kept.tolist(), imbalance=float(kept.max() / max(1, kept.min())))
     return LongTailedDataset(
         name=name, num_classes=len(names), class_names=list(names),
-        train=ArraySplit(x_tr[train_idx], y_tr[train_idx], train_idx), test=ArraySplit(x_te, y_te, np.arange(y_te.size)),
+        train=ArraySplit(x_tr[train_idx], y_tr[train_idx], source_idx[train_idx]), test=ArraySplit(x_te, y_te, np.arange(y_te.size)),
         val=val, meta=meta,
     )
 
@@ -165,7 +175,8 @@ def build_text_dataset(config, embedder=None) -> LongTailedDataset:
     for col in (config.text_column, config.label_column):
         _column(train_rows, col, path), _column(test_rows, col, config.test_file or path)
     names, y_all, y_te = encode_labels(
-        _column(train_rows, config.label_column, path), _column(test_rows, config.label_column, path), str(path)
+        _column(train_rows, config.label_column, path), _column(test_rows, config.label_column, path), str(path),
+        config.class_order,
     )
     sel, sub_meta = _select(config, y_all)
     embedder = embedder or make_embedder(config.embedder)
@@ -174,7 +185,7 @@ def build_text_dataset(config, embedder=None) -> LongTailedDataset:
     x_te, k_te = embed_texts([str(r[config.text_column]) for r in test_rows], embedder, config.cache_dir)
     meta = {"source": str(Path(path).resolve()), "embedder": embedder.name, "feature_dim": int(x_tr.shape[1]),
             "embedding_keys": {"train": k_tr, "test": k_te}, **sub_meta}
-    return _finish(Path(path).stem, names, x_tr, y_all[sel], x_te, y_te, config, meta)
+    return _finish(Path(path).stem, names, x_tr, y_all[sel], x_te, y_te, config, meta, sel)
 
 
 def _load_arrays(path) -> dict:
@@ -213,7 +224,7 @@ def build_features_dataset(config) -> LongTailedDataset:
             raise DataError(f"{config.train_file}: no 'split' array and no data.test_file; add one")
         split = np.char.lower(np.asarray(split).astype(str))
         x_tr, y_tr, x_te, y_te = x[split == "train"], y[split == "train"], x[split == "test"], y[split == "test"]
-    names, y_all, y_test = encode_labels(y_tr, y_te, str(config.train_file))
+    names, y_all, y_test = encode_labels(y_tr, y_te, str(config.train_file), config.class_order)
     sel, sub_meta = _select(config, y_all)
     meta = {"source": str(Path(config.train_file).resolve()), "feature_dim": int(x.shape[1]), **sub_meta}
-    return _finish(Path(config.train_file).stem, names, x_tr[sel], y_all[sel], x_te, y_test, config, meta)
+    return _finish(Path(config.train_file).stem, names, x_tr[sel], y_all[sel], x_te, y_test, config, meta, sel)
