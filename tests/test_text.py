@@ -272,3 +272,11 @@ def test_generic_text_path_matches_the_dedicated_one(tmp_path):
         np.testing.assert_array_equal(a.x, b.x)
         np.testing.assert_array_equal(a.y, b.y)
     np.testing.assert_array_equal(gen.train.indices, ded.train.indices)  # the same selection
+    # with a validation split: the same left-out items (balanced_validation_split), as GLAG uses
+    ded = build_newsgroups_lt(tmp_path, imbalance_factor=4, seed=0, cache_dir=cache, embedder=emb, val_per_class=2)
+    cfg.val_per_class = 2
+    gen = build_text_dataset(cfg, embedder=emb)
+    for a, b in ((gen.train, ded.train), (gen.val, ded.val)):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+        np.testing.assert_array_equal(a.indices, b.indices)

@@ -114,15 +114,29 @@ def _select(config, y_train: np.ndarray) -> tuple[np.ndarray, dict]:
     return np.asarray(sel, np.int64), {"subsample": "profile", "profile": config.profile, "target_counts": list(map(int, target))}
 
 
-def _finish(name, names, x_tr, y_tr, x_te, y_te, config, meta, source_idx) -> LongTailedDataset:
-    """The dataset; ``source_idx``: each training item's position among the source's training rows."""
+def _left_out_validation(config, y_all, sel):
+    """With ``subsample: profile`` the items the subset left out are the validation pool
+    (:func:`validation.balanced_validation_split`, as 20NG-LT and CIFAR-LT); ``(val_idx, train_idx)``
+    into the source's training rows, or ``(None, sel)``."""
+    if config.subsample != "profile" or not config.val_per_class:
+        return None, sel
+    from .validation import balanced_validation_split
+
+    return balanced_validation_split(y_all, sel, config.val_per_class, seed=config.selection_seed)
+
+
+def _finish(name, names, x_tr, y_tr, x_te, y_te, config, meta, source_idx, val=None) -> LongTailedDataset:
+    """The dataset; ``source_idx``: each training item's position among the source's training rows;
+    ``val``: a validation split already drawn from left-out items (else :func:`holdout_validation`)."""
     counts = np.bincount(y_tr, minlength=len(names))
     empty = [names[c] for c in np.flatnonzero(counts == 0)]
     if empty:
         raise DataError(f"{name}: classes {empty} have no training item; add items or drop the class")
-    val = None
     train_idx = np.arange(y_tr.size)
-    if config.val_per_class:
+    if val is not None:
+        meta["val_policy"] = {"per_class": int(config.val_per_class), "seed": int(config.selection_seed),
+                              "source": "training items left out of the long-tailed subset"}
+    elif config.val_per_class:
         val_idx, train_idx = holdout_validation(y_tr, config.val_per_class, seed=config.selection_seed)
         val = ArraySplit(x_tr[val_idx], y_tr[val_idx], source_idx[val_idx])
         meta["val_policy"] = {
@@ -179,13 +193,18 @@ def build_text_dataset(config, embedder=None) -> LongTailedDataset:
         config.class_order,
     )
     sel, sub_meta = _select(config, y_all)
+    val_idx, sel = _left_out_validation(config, y_all, sel)
     embedder = embedder or make_embedder(config.embedder)
     texts = [str(r[config.text_column]) for r in train_rows]
     x_tr, k_tr = embed_texts([texts[i] for i in sel], embedder, config.cache_dir)
+    val = None
+    if val_idx is not None:
+        x_val, _ = embed_texts([texts[i] for i in val_idx], embedder, config.cache_dir)
+        val = ArraySplit(x_val, y_all[val_idx], val_idx)
     x_te, k_te = embed_texts([str(r[config.text_column]) for r in test_rows], embedder, config.cache_dir)
     meta = {"source": str(Path(path).resolve()), "embedder": embedder.name, "feature_dim": int(x_tr.shape[1]),
             "embedding_keys": {"train": k_tr, "test": k_te}, **sub_meta}
-    return _finish(Path(path).stem, names, x_tr, y_all[sel], x_te, y_te, config, meta, sel)
+    return _finish(Path(path).stem, names, x_tr, y_all[sel], x_te, y_te, config, meta, sel, val)
 
 
 def _load_arrays(path) -> dict:
@@ -226,5 +245,7 @@ def build_features_dataset(config) -> LongTailedDataset:
         x_tr, y_tr, x_te, y_te = x[split == "train"], y[split == "train"], x[split == "test"], y[split == "test"]
     names, y_all, y_test = encode_labels(y_tr, y_te, str(config.train_file), config.class_order)
     sel, sub_meta = _select(config, y_all)
+    val_idx, sel = _left_out_validation(config, y_all, sel)
+    val = None if val_idx is None else ArraySplit(x_tr[val_idx], y_all[val_idx], val_idx)
     meta = {"source": str(Path(config.train_file).resolve()), "feature_dim": int(x.shape[1]), **sub_meta}
-    return _finish(Path(config.train_file).stem, names, x_tr[sel], y_all[sel], x_te, y_test, config, meta, sel)
+    return _finish(Path(config.train_file).stem, names, x_tr[sel], y_all[sel], x_te, y_test, config, meta, sel, val)
