@@ -73,9 +73,11 @@ def test_train_cli_end_to_end_reports_macro(tmp_path, monkeypatch, capsys):
             "stages.0.epochs=30", "stages.0.batch_size=16", "stages.0.augment=none", "stages.0.optimizer.lr=0.5",
             "engine.progress=false"]
     assert main(args) == 0
+    assert "astronomy" in capsys.readouterr().out  # class names in the report
     results = json.loads((tmp_path / "own" / "seed0" / "results.json").read_text())
     text = json.dumps(results)
     assert "macro_accuracy" in text and "macro_f1" in text
+    assert results["class_names"] == ["astronomy", "cooking", "music", "sports", "weather"]
 
 
 def test_text_table_on_own_data(tmp_path, monkeypatch):

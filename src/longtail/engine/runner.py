@@ -305,6 +305,7 @@ class Run:
             "dataset": ctx.dataset.name,
             "dataset_meta": ctx.dataset.meta,
             "class_counts": ctx.class_counts.tolist(),
+            "class_names": list(ctx.dataset.class_names),
             "selection": {
                 "last": "the model after the last epoch of the last stage",
                 "best_val": "the epoch of the last training stage with the best validation top-1",
@@ -347,4 +348,5 @@ def run_config(config: RunConfig, command: str | None = None, fresh: bool = Fals
 
 def report(results: dict[str, Any]) -> str:
     """The many/medium/few report of a results dict."""
-    return format_report(EvalResult.from_dict(results["test"]), title=f"{results['name']} (seed {results['seed']}) — test")
+    return format_report(EvalResult.from_dict(results["test"]), results.get("class_names"),
+                         title=f"{results['name']} (seed {results['seed']}) — test")
