@@ -99,3 +99,10 @@ def test_text_table_on_own_data(tmp_path, monkeypatch):
     assert all(r["macro_accuracy"] is not None and r["macro_f1"] is not None for r in record["rows"])
     md = (tmp_path / "res" / "tiny_natural.md").read_text()
     assert md.startswith("# tiny_natural: 5 classes, imbalance 30") and "macro F1" in md
+
+
+def test_integer_labels_sort_numerically_and_npy_dict(tmp_path):
+    labels = [10, 2, 2, 1, 1, 1, 10, 2, 1]
+    np.save(tmp_path / "f.npy", {"features": np.eye(9, 3), "labels": labels, "split": ["train"] * 6 + ["test"] * 3})
+    ds = user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.npy")))
+    assert ds.class_names == ["1", "2", "10"] and np.bincount(ds.train.y).tolist() == [3, 2, 1]

@@ -61,12 +61,13 @@ def holdout_validation(labels, per_class: int, seed: int = 0) -> tuple[np.ndarra
 
 
 def encode_labels(train_labels, test_labels, where: str, order: str = "name") -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Class names and int labels; ``order``: ``name`` (sorted distinct training labels) or ``count``
+    """Class names and int labels; ``order``: ``name`` (sorted distinct training labels, integers
+    numerically) or ``count``
     (largest first, ties by name: 20NG-LT's rule, :func:`text.order_classes`). A test label unseen in
     training is an error naming it (never silently dropped)."""
     train_labels = [str(v) for v in train_labels]
     test_labels = [str(v) for v in test_labels]
-    names = sorted(set(train_labels))
+    names = sorted(set(train_labels), key=lambda v: (0, int(v), v) if v.lstrip("-").isdigit() else (1, 0, v))
     if order == "count":
         from .text import order_classes
 
@@ -214,9 +215,12 @@ def _load_arrays(path) -> dict:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=True) as f:
             return {k: f[k] for k in f.files}
-    if path.suffix == ".npy":
-        return {"features": np.load(path, allow_pickle=False)}
-    raise DataError(f"{path}: features must be .npz (features, labels[, split]) or .npy (with data.labels_file)")
+    if path.suffix == ".npy":  # a saved dict: np.save(path, {"features": ..., "labels": ..., "split": ...})
+        obj = np.load(path, allow_pickle=True)
+        if obj.dtype == object and obj.shape == ():
+            return dict(obj.item())
+        raise DataError(f"{path}: a .npy must hold a dict of features, labels[, split]; or save an .npz (np.savez)")
+    raise DataError(f"{path}: features must be .npz (np.savez(features=, labels=[, split=])) or a .npy dict")
 
 
 def build_features_dataset(config) -> LongTailedDataset:
@@ -230,7 +234,7 @@ def build_features_dataset(config) -> LongTailedDataset:
         x = np.asarray(arr["features"], np.float32)
         if x.ndim != 2:
             raise DataError(f"{path}: features have shape {x.shape}; expected [N, D]")
-        return x, arr["labels"], arr.get("split")
+        return x, np.asarray(arr["labels"]), arr.get("split")
 
     x, y, split = load(config.train_file)
     if config.test_file:
