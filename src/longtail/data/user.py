@@ -215,6 +215,9 @@ def _load_arrays(path) -> dict:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=True) as f:
             return {k: f[k] for k in f.files}
+    if path.suffix == ".parquet":
+        raise DataError(f"{path}: .parquet is not read yet; convert it: np.savez(out, features=df[cols].to_numpy(), "
+                        "labels=df.label.to_numpy(), split=df.split.to_numpy())")
     if path.suffix == ".npy":  # a saved dict: np.save(path, {"features": ..., "labels": ..., "split": ...})
         obj = np.load(path, allow_pickle=True)
         if obj.dtype == object and obj.shape == ():
