@@ -106,3 +106,35 @@ def test_integer_labels_sort_numerically_and_npy_dict(tmp_path):
     np.save(tmp_path / "f.npy", {"features": np.eye(9, 3), "labels": labels, "split": ["train"] * 6 + ["test"] * 3})
     ds = user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.npy")))
     assert ds.class_names == ["1", "2", "10"] and np.bincount(ds.train.y).tolist() == [3, 2, 1]
+
+
+@pytest.mark.parametrize("layout", ["list_column", "numeric_columns"])
+def test_features_parquet_reads_as_the_npz(tmp_path, layout):
+    """The same table as .npz and as .parquet (features as one list column, or one column per
+    dimension) gives the same dataset."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 4)).astype(np.float32)
+    labels = ["b"] * 6 + ["a"] * 3 + ["c"] * 3
+    split = ["train"] * 4 + ["test"] * 2 + ["train"] * 2 + ["test"] + ["train", "train", "test"]
+    np.savez(tmp_path / "f.npz", features=x, labels=labels, split=split)
+    columns = ({"features": pa.array(x.tolist(), pa.list_(pa.float32()))} if layout == "list_column"
+               else {f"f{d}": x[:, d] for d in range(4)})
+    pq.write_table(pa.table({**columns, "label": labels, "split": split}), tmp_path / "f.parquet")
+    a = user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.npz")))
+    b = user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.parquet")))
+    assert a.class_names == b.class_names
+    np.testing.assert_array_equal(a.train.y, b.train.y)
+    np.testing.assert_allclose(np.asarray(a.train.x), np.asarray(b.train.x))
+    np.testing.assert_allclose(np.asarray(a.test.x), np.asarray(b.test.x))
+
+
+def test_parquet_without_labels_is_refused(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"f0": [0.0, 1.0]}), tmp_path / "f.parquet")
+    with pytest.raises(DataError, match="no 'labels'"):
+        user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.parquet")))

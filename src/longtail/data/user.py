@@ -208,6 +208,36 @@ def build_text_dataset(config, embedder=None) -> LongTailedDataset:
     return _finish(Path(path).stem, names, x_tr, y_all[sel], x_te, y_te, config, meta, sel, val)
 
 
+def _load_parquet(path: Path) -> dict:
+    """A parquet table: a ``labels`` (or ``label``) column, an optional ``split`` column, and the
+    features as one list-valued ``features`` column or as all the other numeric columns."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'longtail[parquet]'") from None
+    table = pq.read_table(path)
+    names = table.column_names
+    label = next((n for n in ("labels", "label") if n in names), None)
+    if label is None:
+        raise DataError(f"{path}: no 'labels' (or 'label') column (columns: {', '.join(names)})")
+    out = {"labels": np.asarray(table.column(label).to_pylist())}
+    if "split" in names:
+        out["split"] = np.asarray(table.column("split").to_pylist())
+    if "features" in names:
+        column = table.column("features").combine_chunks()
+        try:
+            out["features"] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1)
+        except (AttributeError, ValueError):
+            raise DataError(f"{path}: the 'features' column must hold one list of numbers per row, of one length "
+                            "(mixed feature dimensions?)") from None
+    else:
+        rest = [n for n in names if n not in (label, "split")]
+        if not rest:
+            raise DataError(f"{path}: no feature columns (a list-valued 'features' column, or numeric columns)")
+        out["features"] = np.stack([table.column(n).to_numpy() for n in rest], axis=1)
+    return out
+
+
 def _load_arrays(path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -216,14 +246,13 @@ def _load_arrays(path) -> dict:
         with np.load(path, allow_pickle=True) as f:
             return {k: f[k] for k in f.files}
     if path.suffix == ".parquet":
-        raise DataError(f"{path}: .parquet is not read yet; convert it: np.savez(out, features=df[cols].to_numpy(), "
-                        "labels=df.label.to_numpy(), split=df.split.to_numpy())")
+        return _load_parquet(path)
     if path.suffix == ".npy":  # a saved dict: np.save(path, {"features": ..., "labels": ..., "split": ...})
         obj = np.load(path, allow_pickle=True)
         if obj.dtype == object and obj.shape == ():
             return dict(obj.item())
         raise DataError(f"{path}: a .npy must hold a dict of features, labels[, split]; or save an .npz (np.savez)")
-    raise DataError(f"{path}: features must be .npz (np.savez(features=, labels=[, split=])) or a .npy dict")
+    raise DataError(f"{path}: features must be .npz (np.savez(features=, labels=[, split=])), a .npy dict or .parquet")
 
 
 def build_features_dataset(config) -> LongTailedDataset:
