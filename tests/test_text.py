@@ -280,3 +280,29 @@ def test_generic_text_path_matches_the_dedicated_one(tmp_path):
         np.testing.assert_array_equal(a.x, b.x)
         np.testing.assert_array_equal(a.y, b.y)
         np.testing.assert_array_equal(a.indices, b.indices)
+
+
+def test_text_table_reports_a_diverged_seed_and_goes_on(tmp_path, monkeypatch):
+    """A seed that stops with a TrainingError (e.g. the divergence check) is listed in the row's
+    ``failed`` and a footnote; the row is the mean over the seeds that finished."""
+    from longtail.errors import TrainingError
+
+    fake = fake_newsgroups(tmp_path / "data")
+    monkeypatch.setattr(runner, "load_dataset", fake)
+    real_run = text_table.run_config
+
+    def run(config, **kw):
+        if config.name == "ce" and config.seed == 1:
+            raise TrainingError("stage 'stage1', epoch 3: the training loss diverged")
+        return real_run(config, **kw)
+
+    monkeypatch.setattr(text_table, "run_config", run)
+    out = tmp_path / "results"
+    argv = ["--seeds", "0", "1", "--methods", "ce", "--runs", str(tmp_path / "runs"), "--results", str(out),
+            "--configs", str(REPO / "configs" / "newsgroups_lt"), "--set", "stages.0.epochs=2",
+            "--set", "stages.0.schedule.milestones=[1]"]
+    assert text_table.main(argv) == 0
+    record = json.loads((out / "newsgroups_lt.json").read_text())
+    row = record["rows"][0]
+    assert row["seeds"] == [0] and row["failed"][0]["seed"] == 1 and "diverged" in row["failed"][0]["error"]
+    assert "† ce: mean over seeds [0] only; seed 1 stopped" in (out / "newsgroups_lt.md").read_text()

@@ -34,6 +34,7 @@ from ..config import load_config
 from ..engine import runner
 from ..engine.runner import environment, git_commit, run_config
 from ..engine.device import Runtime
+from ..errors import TrainingError
 from ..eval.report import write_json
 
 CONFIG_DIR = Path("configs/newsgroups_lt")
@@ -80,12 +81,15 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def aggregate(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per method: mean ± std of top-1 and of the many/medium/few groups over its seeds."""
+def aggregate(results: dict[str, list[dict[str, Any]]], failures: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """One row per method: mean ± std of top-1 and of the many/medium/few groups over its seeds
+    that finished; ``failed`` lists the seeds that stopped with a TrainingError (e.g. divergence)."""
     rows = []
+    failures = failures or {}
     for method, runs in results.items():
         runs = sorted(runs, key=lambda r: r["seed"])
-        row: dict[str, Any] = {"method": method, "description": METHODS.get(method, ""), "seeds": [r["seed"] for r in runs]}
+        row: dict[str, Any] = {"method": method, "description": METHODS.get(method, ""), "seeds": [r["seed"] for r in runs],
+                               "failed": failures.get(method, [])}
         for key in ("top1", "macro_accuracy", "macro_f1", "many", "medium", "few"):
             values = [r["test"].get(key) for r in runs]
             row[key], row[f"{key}_std"] = _mean_std(values)
@@ -115,8 +119,9 @@ def markdown(record: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     other_data = [r for r in record["rows"] if r["class_counts"] != data["class_counts"]]
+    failed = [r for r in record["rows"] if r.get("failed")]
     for r in record["rows"]:
-        mark = " *" if r in other_data else ""
+        mark = (" *" if r in other_data else "") + (" †" if r in failed else "")
         lines.append(
             f"| {r['method']}{mark} | {r['description']} | {fmt(r['top1'], r['top1_std'])} | "
             f"{fmt(r.get('macro_accuracy'), r.get('macro_accuracy_std'))} | {fmt(r.get('macro_f1'), r.get('macro_f1_std'))} | "
@@ -134,6 +139,11 @@ def markdown(record: dict[str, Any]) -> str:
                "its last selected posts); every other row trains on the shared posts above." if r["val_per_class"] else ".")
             for r in other_data
         ),
+        *(
+            f"† {r['method']}: mean over seeds {r['seeds']} only; seed {f['seed']} stopped: {f['error']}"
+            for r in failed for f in r["failed"]
+        ),
+        *(f"{method}: no seed finished; {f['error']}" for method, fs in record.get("failed_rows", {}).items() for f in fs),
         f"Embedder: {data['embedder']}. Dataset preparation in this run: {record['dataset_seconds']:.1f} s "
         "(embeddings are cached in .data/embeddings; the first preparation embeds the texts, minutes on a CPU).",
         "",
@@ -188,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args.methods = resolve_methods(config_dir, args.methods)
     common = ["engine.device=cpu", "engine.progress=false", f"output_dir={args.runs}", *args.overrides]
     results: dict[str, list[dict[str, Any]]] = {}
+    failures: dict[str, list[dict[str, Any]]] = {}
     configs = {m: load_config(args.methods[m], common) for m in args.methods}
     # the table's data block: the shared one (no validation split) when the subset has it
     first = next((c for c in configs.values() if not c.data.val_per_class), configs[next(iter(args.methods))])
@@ -197,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         for seed in args.seeds:
             config = load_config(args.methods[method], [*common, f"seed={seed}", f"name={method}"])
-            result = run_config(config, command=command, fresh=not args.resume)
+            try:
+                result = run_config(config, command=command, fresh=not args.resume)
+            except TrainingError as exc:  # a run that diverges is reported in the table, not fatal to it
+                failures.setdefault(method, []).append({"seed": seed, "error": str(exc)})
+                print(f"{method} seed {seed}: stopped: {exc}", flush=True)
+                continue
             results.setdefault(method, []).append(result)
             test = result["test"]
             print(f"{method} seed {seed}: top-1 {test['top1']:.2f} (many {_num(test['many'])}, "
@@ -210,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "name": name,
         "seeds": args.seeds,
-        "rows": aggregate(results),
+        "rows": aggregate(results, failures),
+        "failed_rows": {m: f for m, f in failures.items() if m not in results},
         "dataset": {
             "name": dataset.name,
             "class_names": dataset.class_names,
