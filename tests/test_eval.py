@@ -190,3 +190,14 @@ def test_macro_accuracy_and_f1_by_hand_on_an_imbalanced_test_set():
     old = result.to_dict()
     del old["macro_accuracy"], old["macro_f1"]  # results written before these metrics existed still load
     assert EvalResult.from_dict(old).macro_f1 is None
+
+
+def test_per_class_plot_labels_the_lowest_classes_by_name(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    labelled = []
+    real = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", lambda self, text, *a, **k: labelled.append(text) or real(self, text, *a, **k))
+    runs = {"ce": ([50, 20, 5, 2], [90.0, 10.0, None, 40.0])}
+    plot_per_class_accuracy(runs, tmp_path / "p.png", class_names=["cat", "dog", "emu", "yak"], label_lowest=2)
+    assert labelled == ["dog", "yak"] and (tmp_path / "p.png").is_file()

@@ -327,7 +327,8 @@ class Run:
     def _plots(self, ctx: RunContext, results: dict[str, Any]) -> None:
         counts = results["class_counts"]
         label = self.config.name
-        plot_per_class_accuracy({label: (counts, results["test"]["per_class_accuracy"])}, self.run_dir / "per_class_accuracy.png")
+        plot_per_class_accuracy({label: (counts, results["test"]["per_class_accuracy"])}, self.run_dir / "per_class_accuracy.png",
+                                class_names=results.get("class_names"))
         plot_weight_norms({label: (counts, results["weight_norms"])}, self.run_dir / "weight_norms.png")
 
 

@@ -49,11 +49,13 @@ def _sorted_runs(runs: dict, what: str):
         yield label, counts[order], values[order]
 
 
-def plot_per_class_accuracy(runs: dict, path, many_threshold: int = 100, few_threshold: int = 20) -> Path:
+def plot_per_class_accuracy(runs: dict, path, many_threshold: int = 100, few_threshold: int = 20,
+                            class_names=None, label_lowest: int = 3) -> Path:
     """Test accuracy (%) of each class against its training count (log x), one series per run.
 
     ``runs``: {label: (class_counts, per_class_accuracy)}. Dashed lines mark the
-    many/medium/few boundaries.
+    many/medium/few boundaries. With ``class_names``, the ``label_lowest`` classes of lowest
+    accuracy in the first run are labelled by name.
     """
     fig = _new_figure((7, 4.5))
     ax = fig.add_subplot()
@@ -61,6 +63,11 @@ def plot_per_class_accuracy(runs: dict, path, many_threshold: int = 100, few_thr
         if (counts <= 0).any():
             raise DataError(f"run {label!r} has classes with no training images; a log axis needs counts > 0")
         ax.plot(counts, accs, marker="o", markersize=3, linewidth=0.8, label=label)
+    if class_names is not None and runs:
+        counts, accs = (np.asarray(v, dtype=float) for v in next(iter(runs.values())))
+        finite = np.flatnonzero(np.isfinite(accs))
+        for c in finite[np.argsort(accs[finite], kind="stable")][:label_lowest]:
+            ax.annotate(str(class_names[c]), (counts[c], accs[c]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     for threshold in (few_threshold, many_threshold):
         ax.axvline(threshold, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
