@@ -91,9 +91,7 @@ def apply_epoch_scale(config: RunConfig) -> None:
     for stage in config.stages:
         if stage.train == "all":
             scale_stage(stage, factor)
-    if config.engine.checkpoint_every > 0:
-        config.engine.checkpoint_every = _scale(config.engine.checkpoint_every, factor, 1)
-    if config.eval.every > 0:
-        config.eval.every = _scale(config.eval.every, factor, 1)
+    config.engine.checkpoint_every = _scale(config.engine.checkpoint_every, factor, 1)  # 0 (off) stays 0
+    config.eval.every = _scale(config.eval.every, factor, 1)
     config.scaled_by *= factor
     config.epoch_scale = 1.0
