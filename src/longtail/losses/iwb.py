@@ -38,7 +38,7 @@ Decisions on what the paper leaves open (each a named option):
   paper tunes lambda per ablation row without giving the values; the recipes keep 0.15.
 - NC uses log base 2 (``log_base=2``); N = sum_c n_c of the training split.
 - Measured effect of these readings on 20 Newsgroups-LT (configs/newsgroups_lt/iwb.yaml, top-1 %,
-  mean ± sample std over seeds 0-2, CPU, ``longtail train configs/newsgroups_lt/iwb.yaml
+  mean ± sample std over seeds 0-2, CPU, commit f01763e, ``longtail train configs/newsgroups_lt/iwb.yaml
   <override> seed=S``): the defaults 62.52 ± 0.07; ``hc=scalar`` 62.67 ± 0.05;
   ``detach_target=true`` 62.68 ± 0.06 (both within 0.2 of the default: on fixed features the
   hardness reading hardly matters); the released code's KL (``kl_direction=code_reversed_sum``,

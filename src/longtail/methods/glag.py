@@ -88,7 +88,7 @@ Decisions where the paper is silent or ambiguous (each a named option of ``glag_
   0.5, DC's value.
 * Measured effect of the readings on 20 Newsgroups-LT (configs/newsgroups_lt/glag.yaml, whose
   sentence embeddings can be negative, so ``tukey_lambda`` 1 there; top-1 %, mean ± sample std over
-  seeds 0-2, CPU, ``longtail train configs/newsgroups_lt/glag.yaml <override> seed=S``): the
+  seeds 0-2, CPU, commit f01763e, ``longtail train configs/newsgroups_lt/glag.yaml <override> seed=S``): the
   defaults 62.06 ± 0.03 (few-shot 44.5); ``kd_on=logits`` 61.62 ± 0.09 (few 46.1);
   ``head_split=many`` 62.71 ± 0.09 (few 44.2). The defaults stay the paper-grounded readings
   (LADC's 60 % head rule, KD on head-class samples); the differences are below one point.
