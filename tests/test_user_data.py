@@ -35,12 +35,31 @@ def test_text_csv_natural_counts_and_names(tmp_path):
     assert len(ds.test) == 30 and ds.meta["imbalance"] == 30.0
 
 
-def test_holdout_never_empties_a_class():
-    labels = np.array([0] * 5 + [1] * 2 + [2])
-    val, train = user.holdout_validation(labels, per_class=3, seed=0)
-    assert np.bincount(labels[val], minlength=3).tolist() == [3, 1, 0]
-    assert np.bincount(labels[train], minlength=3).tolist() == [2, 1, 1]
-    assert not set(val) & set(train)
+def test_holdout_takes_at_most_a_fifth_and_nothing_from_small_classes():
+    labels = np.array([0] * 50 + [1] * 10 + [2] * 5 + [3] * 4 + [4])
+    val, train = user.holdout_validation(labels, per_class=20, seed=0)
+    assert np.bincount(labels[val], minlength=5).tolist() == [10, 2, 1, 0, 0]  # floor(20 %), capped at per_class
+    assert np.bincount(labels[train], minlength=5).tolist() == [40, 8, 4, 4, 1]
+    assert not set(val) & set(train) and len(val) + len(train) == labels.size
+
+
+def test_holdout_keeps_every_class_trainable_on_a_natural_tail(tmp_path):
+    counts = [600, 40, 13, 7, 4, 3, 2, 1, 1]  # a natural tail with one-item classes
+    y = np.repeat(np.arange(len(counts)), counts)
+    for per_class in (1, 5, 20, 1000):
+        val, train = user.holdout_validation(y, per_class=per_class, seed=3)
+        kept = np.bincount(y[train], minlength=len(counts))
+        assert (kept >= np.ceil(0.8 * np.array(counts))).all() and (kept >= 1).all()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", features=rng.normal(size=(y.size + 9, 4)), labels=np.concatenate([y, np.arange(9)]),
+             split=["train"] * y.size + ["test"] * 9)
+    cfg = DataConfig(dataset="features", train_file=str(tmp_path / "f.npz"), val_per_class=20)
+    with pytest.warns(UserWarning, match=r"5 of 9 classes are too small .*: 4 \(4\), 5 \(3\), 6 \(2\), 7 \(1\), 8 \(1\)"):
+        ds = user.build_features_dataset(cfg)
+    policy = ds.meta["val_policy"]
+    assert policy["val_counts"] == [20, 8, 2, 1, 0, 0, 0, 0, 0] and policy["max_fraction"] == 0.2
+    assert policy["classes_without_val"] == ["4", "5", "6", "7", "8"]
+    assert ds.meta["train_counts"] == [580, 32, 11, 6, 4, 3, 2, 1, 1]
 
 
 def test_clear_errors(tmp_path):
@@ -62,8 +81,10 @@ def test_features_npz_with_split(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "f.npz", features=rng.normal(size=(12, 4)), labels=[0] * 6 + [1] * 3 + [2] * 3,
              split=["train"] * 4 + ["test"] * 2 + ["train"] * 2 + ["test"] + ["train", "train", "test"])
-    ds = user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.npz"), val_per_class=1))
-    assert np.bincount(ds.train.y).tolist() == [3, 1, 1] and len(ds.val) == 3 and len(ds.test) == 4
+    ds = user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.npz")))
+    assert np.bincount(ds.train.y).tolist() == [4, 2, 2] and ds.val is None and len(ds.test) == 4
+    with pytest.raises(DataError, match="val_per_class=1 held out nothing"):  # no class of 5 or more items
+        user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.npz"), val_per_class=1))
 
 
 def test_train_cli_end_to_end_reports_macro(tmp_path, monkeypatch, capsys):

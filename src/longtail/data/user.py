@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,23 +42,68 @@ def _column(rows: list[dict], name: str, path) -> list:
     return [r[name] for r in rows]
 
 
-def holdout_validation(labels, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified hold-out from the training data itself; ``(val_indices, train_indices)``.
+VAL_MAX_FRACTION = 0.2  # a hold-out takes at most this share of a class (holdout_validation)
 
-    Rule, per class in label order with one ``np.random.RandomState(seed)``: a seeded permutation of
-    the class's items; the first ``min(per_class, n_c - 1)`` go to validation, so no class is ever
-    emptied (a class with one item gives none). Training keeps source order.
+
+def holdout_counts(counts, per_class: int, max_fraction: float = VAL_MAX_FRACTION) -> np.ndarray:
+    """Validation items per class: ``min(per_class, floor(max_fraction · n_c))``.
+
+    The hold-out never takes most of a class: at most 20 % of it, so a class keeps at least 80 % of
+    its items for training, and a class too small to spare one (fewer than 1 / max_fraction = 5
+    items) gives none and keeps all of them.
     """
-    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
     if int(per_class) < 1:
         raise DataError(f"per_class must be a positive number of validation items, got {per_class}")
+    if not 0 < max_fraction < 1:
+        raise DataError(f"max_fraction must be in (0, 1), got {max_fraction}")
+    return np.minimum(int(per_class), np.floor(max_fraction * counts + 1e-9).astype(np.int64))
+
+
+def holdout_validation(labels, per_class: int, seed: int = 0,
+                       max_fraction: float = VAL_MAX_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified hold-out from the training data itself; ``(val_indices, train_indices)``.
+
+    Per class in label order with one ``np.random.RandomState(seed)``: a seeded permutation of the
+    class's items, the first :func:`holdout_counts` of them to validation. Training keeps source order.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    take = holdout_counts(np.bincount(labels), per_class, max_fraction)
     rng = np.random.RandomState(seed)
-    val = []
-    for c in range(int(labels.max()) + 1):
-        idx = np.flatnonzero(labels == c)
-        val.append(rng.permutation(idx)[: max(0, min(int(per_class), idx.size - 1))])
+    val = [rng.permutation(np.flatnonzero(labels == c))[: take[c]] for c in range(take.size)]
     val = np.sort(np.concatenate(val)).astype(np.int64)
     return val, np.setdiff1d(np.arange(labels.size), val).astype(np.int64)
+
+
+def _holdout(name, names, x_tr, y_tr, source_idx, config):
+    """:func:`holdout_validation` as the dataset's validation split, its ``val_policy`` record, and a
+    warning naming the classes that gave no item (selection on the split cannot see them)."""
+    val_idx, train_idx = holdout_validation(y_tr, config.val_per_class, seed=config.selection_seed)
+    val_counts = np.bincount(y_tr[val_idx], minlength=len(names))
+    counts = np.bincount(y_tr, minlength=len(names))
+    if not val_idx.size:
+        raise DataError(
+            f"{name}: data.val_per_class={config.val_per_class} held out nothing: a class lends at most "
+            f"{VAL_MAX_FRACTION:.0%} of its items and the largest has {counts.max()}; give a validation "
+            "set another way or set data.val_per_class=0"
+        )
+    empty = [names[c] for c in np.flatnonzero(val_counts == 0)]
+    if empty:
+        shown = ", ".join(f"{names[c]} ({counts[c]})" for c in np.flatnonzero(val_counts == 0)[:10])
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        warnings.warn(
+            f"{name}: {len(empty)} of {len(names)} classes are too small to lend a validation item (fewer than "
+            f"{round(1 / VAL_MAX_FRACTION)} training items; count in brackets): {shown}{more}. They keep all their "
+            "items for training; selection on the validation split (eval.select=best_val, ladc beta, glag's "
+            "adaptive beta) does not see them.", stacklevel=2,
+        )
+    policy = {
+        "per_class": int(config.val_per_class), "max_fraction": VAL_MAX_FRACTION, "seed": int(config.selection_seed),
+        "source": "held out of the training data: per class min(per_class, floor(max_fraction * n_c)) items "
+                  "(a seeded permutation), so classes of fewer than 1/max_fraction items give none",
+        "val_counts": val_counts.tolist(), "classes_without_val": empty,
+    }
+    return ArraySplit(x_tr[val_idx], y_tr[val_idx], source_idx[val_idx]), train_idx, policy
 
 
 def encode_labels(train_labels, test_labels, where: str, order: str = "name") -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -138,12 +184,7 @@ def _finish(name, names, x_tr, y_tr, x_te, y_te, config, meta, source_idx, val=N
         meta["val_policy"] = {"per_class": int(config.val_per_class), "seed": int(config.selection_seed),
                               "source": "training items left out of the long-tailed subset"}
     elif config.val_per_class:
-        val_idx, train_idx = holdout_validation(y_tr, config.val_per_class, seed=config.selection_seed)
-        val = ArraySplit(x_tr[val_idx], y_tr[val_idx], source_idx[val_idx])
-        meta["val_policy"] = {
-            "per_class": int(config.val_per_class), "seed": int(config.selection_seed),
-            "source": "held out of the training data (stratified, min(per_class, n_c - 1) per class)",
-        }
+        val, train_idx, meta["val_policy"] = _holdout(name, names, x_tr, y_tr, source_idx, config)
     kept = np.bincount(y_tr[train_idx], minlength=len(names))
     meta.update(train_counts=kept.tolist(), imbalance=float(kept.max() / max(1, kept.min())))
     return LongTailedDataset(
