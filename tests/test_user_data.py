@@ -159,3 +159,40 @@ def test_parquet_without_labels_is_refused(tmp_path):
     pq.write_table(pa.table({"f0": [0.0, 1.0]}), tmp_path / "f.parquet")
     with pytest.raises(DataError, match="no 'labels'"):
         user.build_features_dataset(DataConfig(dataset="features", train_file=str(tmp_path / "f.parquet")))
+
+
+def test_headerless_tsv_by_position_and_short_error(tmp_path):
+    long_doc = "the forecast says rain and wind all week " * 20
+    rows = [("train", "weather", long_doc)] * 3 + [("train", "music", "guitar song band")] * 2 + \
+        [("test", "weather", "rain"), ("test", "music", "song")]
+    tsv = tmp_path / "plain.tsv"
+    tsv.write_text("".join(f"{s}\t{y}\t{t}\n" for s, y, t in rows))
+    by_name = DataConfig(dataset="text", train_file=str(tsv), split_column="split", cache_dir=None)
+    with pytest.raises(DataError) as err:  # the first document is not a column name
+        user.build_text_dataset(by_name, embedder=WordEmbedder())
+    assert "data.header=false" in str(err.value) and len(str(err.value)) < 400
+    for header in (False, None):  # explicit, and auto (positions given: no header line)
+        cfg = DataConfig(dataset="text", train_file=str(tsv), header=header, split_column=0, label_column=1,
+                         text_column=2, cache_dir=None)
+        ds = user.build_text_dataset(cfg, embedder=WordEmbedder())
+        assert ds.class_names == ["music", "weather"] and np.bincount(ds.train.y).tolist() == [2, 3]
+        assert len(ds.test) == 2 and ds.name == "plain"
+
+
+def test_unescape_option_and_data_name(tmp_path):
+    assert user.unescape(r"a\nb\tc\\n é \x") == "a\nb\tc\\n é \\x"
+    seen = []
+
+    class Recorder(WordEmbedder):
+        def __call__(self, texts):
+            seen.extend(texts)
+            return super().__call__(texts)
+
+    csv_file = tmp_path / "esc.csv"
+    csv_file.write_text("split,label,text\n" + "train,a,rain\\nwind\n" * 2 + "train,b,song\n" + "test,a,x\\ny\ntest,b,y\n")
+    for flag, want in ((False, "rain\\nwind"), (True, "rain\nwind")):
+        seen.clear()
+        cfg = DataConfig(dataset="text", train_file=str(csv_file), split_column="split", cache_dir=None,
+                         unescape=flag, name="mine" if flag else None)
+        ds = user.build_text_dataset(cfg, embedder=Recorder())
+        assert seen[0] == want and ds.name == ("mine" if flag else "esc")

@@ -47,13 +47,26 @@ class DataConfig:
     # text / features (your own data, data/user.py)
     train_file: str | None = None  # text: .csv/.tsv/.jsonl; features: .npz (features, labels[, split])
     test_file: str | None = None  # a separate test file (else split_column / the split array)
-    text_column: str = "text"
-    label_column: str = "label"
-    split_column: str | None = None  # values train / test
+    text_column: str | int = "text"  # a column name, or a 0-based position (headerless files)
+    label_column: str | int = "label"
+    split_column: str | int | None = None  # values train / test
+    header: bool | None = None  # csv/tsv: true | false (no header line) | null: none when the columns are positions
+    unescape: bool = False  # text: turn literal \n, \t, \r, \\ escapes in the texts into the characters
+    name: str | None = None  # the data's name in run names ({data}) and tables (default: train_file's stem)
     subsample: str = "none"  # text/features: none (use as it is) | profile (imbalance_factor, profile)
     class_order: str = "name"  # text/features: name (sorted labels) | count (largest first, ties by name)
     embedder: str = "minilm"  # text: minilm (packaged) or a sentence-transformers model name
     cache_dir: str = ".data/embeddings"
+
+
+def data_name(data: DataConfig) -> str:
+    """The data's name for run names (``{data}`` in ``name``) and tables: ``data.name``, else the
+    input file's stem (text / features), else ``newsgroups_lt`` (20NG-LT) or the dataset."""
+    if data.name:
+        return data.name
+    if data.dataset in ("text", "features") and data.train_file:
+        return Path(data.train_file).stem
+    return "newsgroups_lt" if data.dataset == "newsgroups" else data.dataset
 
 
 @dataclass
@@ -364,6 +377,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), mappi
         keys, value = parse_override(str(text))
         _apply_override(raw, keys, value)
     config = from_dict(RunConfig, raw)
+    config.name = config.name.replace("{data}", data_name(config.data))
     apply_epoch_scale(config)
     validate(config)
     return config

@@ -10,36 +10,77 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..config import data_name
 from ..errors import DataError
 from .dataset import ArraySplit, LongTailedDataset
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Rows of a ``.csv``, ``.tsv`` (header line) or ``.jsonl`` (one object a line) file."""
+def read_records(path: str | Path, header: bool = True) -> list[dict]:
+    """Rows of a ``.csv`` / ``.tsv`` (with a header line, or ``header=False``: rows keyed by 0-based
+    column position) or ``.jsonl`` (one object a line) file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; set data.train_file / data.test_file")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+            delimiter = "\t" if suffix == ".tsv" else ","
+            if header:
+                return list(csv.DictReader(f, delimiter=delimiter))
+            return [dict(enumerate(row)) for row in csv.reader(f, delimiter=delimiter) if row]
     if suffix in (".jsonl", ".ndjson"):
         with path.open(encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
     raise DataError(f"{path}: unknown text file type {suffix!r}; use .csv, .tsv or .jsonl")
 
 
-def _column(rows: list[dict], name: str, path) -> list:
+def has_header(config) -> bool:
+    """``data.header``, or when unset (auto): a header line unless the columns are given as positions."""
+    if config.header is not None:
+        return bool(config.header)
+    return not all(isinstance(c, int) for c in (config.text_column, config.label_column, config.split_column)
+                   if c is not None)
+
+
+def _short(value, limit: int = 40) -> str:
+    text = str(value).replace("\n", " ")
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _column(rows: list[dict], name, path) -> list:
+    """Column ``name`` (a name, or a 0-based position) of ``rows``; a missing one is a short error."""
+    if rows and isinstance(name, int) and name not in rows[0]:  # a position in a file with a header line
+        keys = list(rows[0])
+        name = keys[name] if 0 <= name < len(keys) else name
     if rows and name not in rows[0]:
-        raise DataError(
-            f"{path}: no column {name!r} (columns: {', '.join(rows[0])}); set data.text_column / data.label_column"
-        )
-    return [r[name] for r in rows]
+        cols = list(rows[0])
+        shown = ", ".join(_short(c) for c in cols[:8]) + (f" and {len(cols) - 8} more" if len(cols) > 8 else "")
+        looks_like_data = any(len(str(c)) > 40 for c in cols)
+        hint = ("the first line looks like data, not a header: for a file without a header line set "
+                "data.header=false and give 0-based column positions (e.g. data.label_column=0 data.text_column=1)"
+                if looks_like_data else "set data.text_column / data.label_column / data.split_column (names or "
+                "0-based positions)")
+        raise DataError(f"{path}: no column {_short(name)} (columns: {shown}); {hint}")
+    try:
+        return [r[name] for r in rows]
+    except KeyError:
+        raise DataError(f"{path}: some rows have no column {_short(name)} (fewer fields than the first row); "
+                        "check the delimiter and the quoting") from None
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """Literal ``\\n``, ``\\t``, ``\\r`` and ``\\\\`` written in a text as the characters
+    (``data.unescape``); other backslashes and non-ASCII text are kept as written."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 VAL_MAX_FRACTION = 0.2  # a hold-out takes at most this share of a class (holdout_validation)
@@ -134,8 +175,8 @@ def encode_labels(train_labels, test_labels, where: str, order: str = "name") ->
 def _split_rows(config, rows, path):
     """(train rows, test rows) from one file with ``split_column`` or separate train/test files."""
     if config.test_file:
-        return rows, read_records(config.test_file)
-    if not config.split_column:
+        return rows, read_records(config.test_file, has_header(config))
+    if config.split_column is None or config.split_column == "":
         raise DataError(f"{path}: name a test set: data.test_file, or data.split_column (values train/test)")
     split = [str(s).strip().lower() for s in _column(rows, config.split_column, path)]
     bad = sorted(set(split) - {"train", "test", "val"})
@@ -226,7 +267,7 @@ def build_text_dataset(config, embedder=None) -> LongTailedDataset:
     path = config.train_file
     if not path:
         raise DataError("data.dataset is 'text' but data.train_file names no file")
-    rows = read_records(path)
+    rows = read_records(path, has_header(config))
     train_rows, test_rows = _split_rows(config, rows, path)
     for col in (config.text_column, config.label_column):
         _column(train_rows, col, path), _column(test_rows, col, config.test_file or path)
@@ -237,16 +278,18 @@ def build_text_dataset(config, embedder=None) -> LongTailedDataset:
     sel, sub_meta = _select(config, y_all)
     val_idx, sel = _left_out_validation(config, y_all, sel)
     embedder = embedder or make_embedder(config.embedder)
-    texts = [str(r[config.text_column]) for r in train_rows]
+    clean = unescape if config.unescape else str
+    texts = [clean(str(t)) for t in _column(train_rows, config.text_column, path)]
     x_tr, k_tr = embed_texts([texts[i] for i in sel], embedder, config.cache_dir)
     val = None
     if val_idx is not None:
         x_val, _ = embed_texts([texts[i] for i in val_idx], embedder, config.cache_dir)
         val = ArraySplit(x_val, y_all[val_idx], val_idx)
-    x_te, k_te = embed_texts([str(r[config.text_column]) for r in test_rows], embedder, config.cache_dir)
+    test_texts = [clean(str(t)) for t in _column(test_rows, config.text_column, config.test_file or path)]
+    x_te, k_te = embed_texts(test_texts, embedder, config.cache_dir)
     meta = {"source": str(Path(path).resolve()), "embedder": embedder.name, "feature_dim": int(x_tr.shape[1]),
             "embedding_keys": {"train": k_tr, "test": k_te}, **sub_meta}
-    return _finish(Path(path).stem, names, x_tr, y_all[sel], x_te, y_te, config, meta, sel, val)
+    return _finish(data_name(config), names, x_tr, y_all[sel], x_te, y_te, config, meta, sel, val)
 
 
 def _load_parquet(path: Path) -> dict:
@@ -325,4 +368,4 @@ def build_features_dataset(config) -> LongTailedDataset:
     val_idx, sel = _left_out_validation(config, y_all, sel)
     val = None if val_idx is None else ArraySplit(x_tr[val_idx], y_all[val_idx], val_idx)
     meta = {"source": str(Path(config.train_file).resolve()), "feature_dim": int(x.shape[1]), **sub_meta}
-    return _finish(Path(config.train_file).stem, names, x_tr[sel], y_all[sel], x_te, y_test, config, meta, sel, val)
+    return _finish(data_name(config), names, x_tr[sel], y_all[sel], x_te, y_test, config, meta, sel, val)
