@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import longtail.engine.runner as runner
 from longtail.config import load_config
-from longtail.data.dataset import LongTailedDataset
+from longtail.data.dataset import ArraySplit, LongTailedDataset
 from longtail.engine.device import Runtime
 from longtail.engine.stages import RunContext, stage_kind
 from longtail.errors import ConfigError
@@ -379,6 +379,22 @@ def test_glag_without_a_validation_split_says_how_to_fix_it(tmp_path, monkeypatc
     results = runner.run_config(config(tmp_path / "fixed", "glag_no_ad", "stages.0.epochs=1", "stages.1.epochs=1",
                                        "stages.1.batch_size=64"))
     assert results["stage_options"][1]["beta_history"] == [[0.0, 0.0, 0.6, 0.6]]
+
+
+def test_glag_says_which_classes_the_validation_split_lacks(tmp_path, monkeypatch):
+    def without_class_3(_c=None):
+        ds = tiny_dataset()
+        keep = ds.val.y != 3
+        ds.val = ArraySplit(ds.val.x[keep], ds.val.y[keep])
+        return ds
+
+    monkeypatch.setattr(runner, "load_dataset", without_class_3)
+    with pytest.warns(UserWarning, match=r"no items of 1 classes \[3\]; their beta cannot adapt"):
+        results = runner.run_config(config(tmp_path, "glag", "stages.0.epochs=1", "stages.1.epochs=2",
+                                           "stages.1.batch_size=64"))
+    options = results["stage_options"][1]
+    assert options["classes_without_val"] == [3]
+    assert [b[3] for b in options["beta_history"]] == [0.6, 0.6, 0.6]  # class 3 is a tail class: beta stays
 
 
 def test_resume_inside_stage_two_continues_beta_and_training_exactly(tmp_path, fake_data, monkeypatch):

@@ -457,6 +457,23 @@ def test_beta_is_chosen_on_the_validation_split_and_the_chosen_classifier_is_the
     assert fixed["test"]["per_class_accuracy"] == chosen["test"]["per_class_accuracy"]
 
 
+def test_beta_choice_says_which_classes_the_validation_split_lacks(tmp_path, monkeypatch):
+    def without_class_3(_config=None):
+        ds = gaussian_features_with_val()
+        keep = ds.val.y != 3
+        ds.val = ArraySplit(ds.val.x[keep], ds.val.y[keep])
+        return ds
+
+    monkeypatch.setattr(runner, "load_dataset", without_class_3)
+    with pytest.warns(UserWarning, match=r"without items of 1 classes \[3\]"):
+        results = runner.run_config(load_config(mapping={"method": "ladc", "name": "lacks"}, overrides=[
+            f"output_dir={tmp_path}", *BLOBS, "stages.1.options.beta_grid=[0.4]"]))
+    record = results["stage_options"][1]["record"]
+    assert record["beta_val_classes_without_items"] == [3]
+    # the score is the balanced accuracy over the classes the split has, not diluted by a 0 for class 3
+    assert record["beta_val_accuracy"]["0.4"] == pytest.approx(np.mean(results["val"]["per_class_accuracy"][:3]), abs=1e-3)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"beta": "vall"}, "must be a number or 'auto'"),
     ({"beta": -0.5}, "beta must be >= 0"),

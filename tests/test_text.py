@@ -227,7 +227,7 @@ def test_text_table_marks_the_row_with_a_validation_split(tmp_path, monkeypatch)
     glag, ce = record["rows"]
     assert (glag["val_per_class"], glag["class_counts"], ce["val_per_class"]) == (20, [40, 16, 6], 0)
     md = (out / "newsgroups_lt.md").read_text()
-    assert "| glag * |" in md and "| ce |" in md and "\\* glag: other training posts, 62 in all" in md
+    assert "| glag * |" in md and "| ce |" in md and "\\* glag: other training items, 62 in all" in md
 
 
 # ------------------------------------------------------------------ real data / real model
@@ -306,3 +306,45 @@ def test_text_table_reports_a_diverged_seed_and_goes_on(tmp_path, monkeypatch):
     row = record["rows"][0]
     assert row["seeds"] == [0] and row["failed"][0]["seed"] == 1 and "diverged" in row["failed"][0]["error"]
     assert "† ce: mean over seeds [0] only; seed 1 stopped" in (out / "newsgroups_lt.md").read_text()
+
+
+def test_text_table_on_own_data_names_and_captions_from_the_data(tmp_path, monkeypatch):
+    """Own data through the table: results and runs named after the file, the caption says what ran
+    (no bydate test split, no ignored profile), and the hold-out row's footnote gives its rule and gaps."""
+    import longtail.data.user as user
+    from tests.test_user_data import WordEmbedder
+
+    monkeypatch.setattr(user, "make_embedder", lambda name: WordEmbedder())
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    argv = ["--seeds", "0", "--methods", "ce", "ladc_val", "--results", str(out), "--configs", str(TEXT_CONFIGS),
+            "--set", "data.dataset=text", "--set", f"data.train_file={REPO / 'tests/data/tiny_natural.csv'}",
+            "--set", "data.split_column=split", "--set", f"data.cache_dir={tmp_path / 'emb'}",
+            "--set", "stages.0.epochs=2", "--set", "stages.0.schedule.milestones=[1]"]
+    with pytest.warns(UserWarning, match="too small to lend a validation item"):
+        assert text_table.main(argv) == 0
+    assert (tmp_path / "runs" / "tiny_natural" / "ce" / "seed0").is_dir()
+    record = json.loads((out / "tiny_natural.json").read_text())
+    assert record["name"] == "tiny_natural" and record["dataset"]["name"] == "tiny_natural"
+    md = (out / "tiny_natural.md").read_text()
+    assert md.startswith("# tiny_natural: 5 classes") and "bydate" not in md and "exp profile" not in md
+    assert "used as it is" in md and "THUCNews" not in md
+    assert "min(20, floor(0.2 n_c)) (validation items per class [0, 2, 1, 5, 12])" in md
+    assert "1 classes too small to lend one (astronomy)" in md
+
+
+def test_natural_tail_keeps_natural_counts_and_a_zipf_tail_down_to_one(tmp_path):
+    natural = np.arange(400, 600, 10)  # 20 classes
+    counts = text.natural_tail_counts(natural, seed=0)
+    assert (counts == text.natural_tail_counts(natural, seed=0)).all()  # seeded
+    kept = counts == natural
+    assert kept.sum() == 10 and sorted(counts[~kept].tolist(), reverse=True) == [40, 13, 7, 4, 3, 2, 2, 1, 1, 1]
+    assert not (text.natural_tail_counts(natural, seed=1) == counts).all()
+    fake_corpus(tmp_path)  # 3 classes of 12/6/3 posts: 1 natural, a tail capped at the natural count
+    path = text.export_natural_tail(tmp_path, tmp_path / "nt.jsonl", seed=0, num_natural=1, top=2, exponent=1)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    train = [r["label"] for r in rows if r["split"] == "train"]
+    want = text.natural_tail_counts([12, 8, 12], seed=0, num_natural=1, top=2, exponent=1)  # a.big, b.small, c.tie
+    assert sorted(want.tolist())[:2] == [1, 2]
+    assert [train.count(g) for g in ("a.big", "b.small", "c.tie")] == want.tolist()
+    assert sum(r["split"] == "test" for r in rows) == 9 and not any("From:" in r["text"] for r in rows)  # cleaned

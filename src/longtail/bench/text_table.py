@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..config import load_config
+from ..config import data_name, load_config
 from ..engine import runner
 from ..engine.runner import environment, git_commit, run_config
 from ..engine.device import Runtime
@@ -97,7 +97,8 @@ def aggregate(results: dict[str, list[dict[str, Any]]], failures: dict[str, list
                 row["top1_per_seed"] = values
         row["group_sizes"] = runs[0]["test"]["group_sizes"]
         row["class_counts"] = runs[0]["class_counts"]
-        row["val_per_class"] = ((runs[0].get("dataset_meta") or {}).get("val_policy") or {}).get("per_class", 0)
+        row["val_policy"] = (runs[0].get("dataset_meta") or {}).get("val_policy") or {}
+        row["val_per_class"] = row["val_policy"].get("per_class", 0)
         row["seconds_per_seed"] = [r["seconds"] for r in runs]
         row["stage_options"] = runs[0].get("stage_options")
         rows.append(row)
@@ -110,10 +111,10 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [
         f"# {data.get('title') or '20 Newsgroups-LT (IF 100) on frozen all-MiniLM-L6-v2 embeddings'}",
         "",
-        f"Ours: mean ± sample std over seeds {record['seeds']}, top-1 % on the full bydate test split "
-        f"({data['test_size']} posts), model after the last epoch. Training posts per class (class 0 "
+        f"Ours: mean ± sample std over seeds {record['seeds']}, top-1 % on {data.get('test_set') or 'the full bydate test split'} "
+        f"({data['test_size']} items), model after the last epoch. Training items per class (class 0 "
         f"= {data['class_names'][0]}): {data['class_counts']} ({data['train_size']} in all); groups: "
-        "many > 100, medium 20–100, few < 20 training posts.",
+        "many > 100, medium 20–100, few < 20 training items.",
         "",
         "| method | what | top-1 | macro acc | macro F1 | many | medium | few | s / run |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -132,13 +133,8 @@ def markdown(record: dict[str, Any]) -> str:
     lines += [
         "",
         f"Data: {data['description']}",
-        *(
-            f"\\* {r['method']}: other training posts, {sum(r['class_counts'])} in all ({r['class_counts']})"
-            + (f": data.val_per_class = {r['val_per_class']}, a balanced validation split of {r['val_per_class']} posts "
-               "per class from the training posts left out of the subset (a class without enough left over lends "
-               "its last selected posts); every other row trains on the shared posts above." if r["val_per_class"] else ".")
-            for r in other_data
-        ),
+        *(f"\\* {r['method']}: other training items, {sum(r['class_counts'])} in all ({r['class_counts']})"
+          + _val_note(r) for r in other_data),
         *(
             f"† {r['method']}: mean over seeds {r['seeds']} only; seed {f['seed']} stopped: {f['error']}"
             for r in failed for f in r["failed"]
@@ -152,6 +148,23 @@ def markdown(record: dict[str, Any]) -> str:
         f"{record['wall_seconds']:.0f} s wall, {record['started']}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _val_note(row: dict[str, Any]) -> str:
+    """The footnote of a row with a validation split: its rule, counts and the classes it lacks."""
+    policy = row.get("val_policy") or {}
+    if not row["val_per_class"]:
+        return "."
+    if "val_counts" not in policy:  # 20NG-LT: left-out posts (validation.balanced_validation_split)
+        return (f": data.val_per_class = {row['val_per_class']}, a balanced validation split of {row['val_per_class']} "
+                "posts per class from the training posts left out of the subset (a class without enough left over "
+                "lends its last selected posts); every other row trains on the shared posts above.")
+    missing = policy.get("classes_without_val") or []
+    return (f": data.val_per_class = {row['val_per_class']}, held out of the training items, per class "
+            f"min({row['val_per_class']}, floor({policy['max_fraction']} n_c)) (validation items per class "
+            f"{policy['val_counts']}); " + (f"{len(missing)} classes too small to lend one ({', '.join(missing)}) have "
+            "no validation item, so the selection on it does not see them; " if missing else "")
+            + "every other row trains on the shared items above.")
 
 
 def resolve_methods(config_dir: Path, methods: list[str] | None) -> dict[str, Path]:
@@ -171,6 +184,17 @@ def resolve_methods(config_dir: Path, methods: list[str] | None) -> dict[str, Pa
     return out
 
 
+def _own_data_description(data, dataset) -> str:
+    """What was run on own data: the file, how it was subsampled (the profile only where it was used)."""
+    if data.subsample == "profile":
+        how = (f"made long-tailed by the {data.profile} profile, imbalance factor {data.imbalance_factor:g} "
+               f"({data.selection} selection, seed {data.selection_seed})")
+    else:
+        how = "used as it is (data.subsample none: the natural class counts)"
+    return (f"{dataset.meta.get('source')}, {how}; {dataset.num_classes} classes ({', '.join(dataset.class_names)}); "
+            f"{len(dataset.test)} test items.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m longtail.bench.text_table",
@@ -184,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                         "configs/newsgroups_lt the table order " + ", ".join(METHODS) + "; else every config in the folder)")
     parser.add_argument("--configs", default=str(CONFIG_DIR), help="folder of the configs (any dataset: data.dataset text/features)")
     parser.add_argument("--name", default=None, help="results file stem (default newsgroups_lt for 20NG, else the dataset name)")
-    parser.add_argument("--runs", default="runs/newsgroups_lt", help="folder of the run folders")
+    parser.add_argument("--runs", default=None, help="folder of the run folders (default runs/<the data's name>)")
     parser.add_argument("--results", default="benchmarks/results", help="folder of the results JSON/Markdown")
     parser.add_argument("--resume", action="store_true", help="reuse finished run folders instead of re-running")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -196,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     started, start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     config_dir = Path(args.configs)
     args.methods = resolve_methods(config_dir, args.methods)
-    common = ["engine.device=cpu", "engine.progress=false", f"output_dir={args.runs}", *args.overrides]
+    data = data_name(load_config(next(iter(args.methods.values())), args.overrides).data)
+    common = ["engine.device=cpu", "engine.progress=false", f"output_dir={args.runs or 'runs/' + data}", *args.overrides]
     results: dict[str, list[dict[str, Any]]] = {}
     failures: dict[str, list[dict[str, Any]]] = {}
     configs = {m: load_config(args.methods[m], common) for m in args.methods}
@@ -221,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = Runtime.resolve(first.engine)
     counts = dataset.class_counts.tolist()
     is_20ng = dataset.name == "newsgroups-lt"
-    name = args.name or (NAME if is_20ng else dataset.name)
+    name = args.name or (NAME if is_20ng else data)
     imbalance = max(counts) / max(1, min(counts))
     record = {
         "name": name,
@@ -240,14 +265,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{dataset.name}: {dataset.num_classes} classes, imbalance {imbalance:.0f} "
                 f"(train counts {max(counts)}..{min(counts)}), features from {dataset.meta.get('embedder') or 'a frozen encoder'}"
             ),
+            "test_set": None if is_20ng else f"the test split of {Path(str(dataset.meta.get('source'))).name}",
             "description": (
                 "20news-bydate; headers, footers and quotes removed (scikit-learn's rules); classes relabelled "
                 "largest first by bydate training count; exponential profile n_c = int(600·0.01^(c/19)); "
                 "seeded shuffle selection (seed 0); full bydate test split."
-            ) if is_20ng else (
-                f"{dataset.meta.get('source')}; {dataset.meta.get('subsample', 'profile')} subsampling; "
-                f"classes {dataset.class_names}; {len(dataset.test)} test items."
-            ),
+            ) if is_20ng else _own_data_description(first.data, dataset),
         },
         "dataset_seconds": dataset_seconds,
         "not_comparable": NOT_COMPARABLE if is_20ng else "",

@@ -75,6 +75,8 @@ __all__ = [
     "MiniLMEmbedder",
     "embed_texts",
     "build_newsgroups_lt",
+    "natural_tail_counts",
+    "export_natural_tail",
 ]
 
 TARBALL = "20news-bydate.tar.xz"
@@ -330,6 +332,46 @@ def export_newsgroups(root: str | Path, path: str | Path, remove: Sequence[str] 
                 f.write(json.dumps({"split": split, "label": names[int(y)], "text": clean_text(t, remove)}) + "\n")
     return path
 
+
+def natural_tail_counts(natural_counts, seed: int = 0, num_natural: int = 10, top: float = 40.0,
+                        exponent: float = 1.6) -> np.ndarray:
+    """Per-class training counts of a natural long tail with one-item classes.
+
+    A seeded permutation of the classes (``np.random.RandomState(seed)``) picks ``num_natural``
+    classes that keep their natural count; the rest, in permutation order r = 1, 2, ..., get a Zipf
+    count ``max(1, round(top · r^-exponent))``, capped at their natural count. Defaults on the 20
+    bydate classes: 10 natural classes (377–600 posts) and a tail 40, 13, 7, 4, 3, 2, 2, 1, 1, 1.
+    """
+    natural = np.asarray(natural_counts, dtype=np.int64)
+    if not 0 <= num_natural < natural.size:
+        raise DataError(f"num_natural must be in 0..{natural.size - 1}, got {num_natural}")
+    order = np.random.RandomState(seed).permutation(natural.size)
+    counts = natural.copy()
+    for r, c in enumerate(order[num_natural:], start=1):
+        counts[c] = min(int(natural[c]), max(1, int(round(top * r ** -float(exponent)))))
+    return counts
+
+
+def export_natural_tail(root: str | Path, path: str | Path, seed: int = 0, remove: Sequence[str] = REMOVE_ALL,
+                        **profile) -> Path:
+    """Write a natural long tail from 20news-bydate as JSONL (``split``, ``label``, ``text``) for the
+    own-data path (``data.dataset: text``, ``data.split_column: split``): per class the counts of
+    :func:`natural_tail_counts` (``profile``: its keyword arguments), each class's posts drawn by a
+    seeded shuffle (CIFAR-LT's rule, :func:`~longtail.data.cifar.select_long_tailed`); the full bydate
+    test split, in bydate order (so its embeddings are shared with 20 Newsgroups-LT's)."""
+    import json
+
+    names, splits = read_newsgroups(root)
+    texts, labels, _ = splits["train"]
+    counts = natural_tail_counts(np.bincount(labels, minlength=len(names)), seed=seed, **profile)
+    keep = np.sort(select_long_tailed(labels, counts, rule="shuffle", seed=seed))
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        rows = [("train", texts[i], labels[i]) for i in keep]
+        rows += [("test", t, y) for t, y in zip(*splits["test"][:2])]
+        for split, text, y in rows:
+            f.write(json.dumps({"split": split, "label": names[int(y)], "text": clean_text(text, remove)}) + "\n")
+    return path
 
 
 def build_newsgroups_lt(

@@ -102,6 +102,7 @@ resumed run continues): ``head_classes``, ``target_count``, ``num_generated``,
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -162,6 +163,7 @@ RECORDED = (
     "val_balanced_acc_history",
     "tail_val_acc_history",
     "val_acc_last",
+    "classes_without_val",
     "init_from",
 )
 HEAD_SPLITS = ("fraction", "many", "count")
@@ -612,6 +614,11 @@ class GLAGAFGStage(StageKind):
         prev_acc = None
         if "val" in ctx.splits:
             val = (ctx.features("val"), ctx.splits["val"][1])
+            unseen = torch.nonzero(torch.bincount(val[1], minlength=C) == 0).flatten().tolist()
+            record["classes_without_val"] = unseen
+            if unseen and opts["adaptive_beta"]:
+                warnings.warn(f"stage {stage.name!r} (glag_afg): the validation split has no items of {len(unseen)} "
+                              f"classes {unseen[:20]}; their beta cannot adapt and stays at beta_init", stacklevel=2)
             if record.get("val_acc_last") is not None:
                 prev_acc = torch.tensor(record["val_acc_last"], dtype=torch.float32, device=device)
             else:

@@ -135,6 +135,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
@@ -487,23 +488,30 @@ class LADCStage(StageKind):
             return BETA_WITHOUT_VAL, {"beta": BETA_WITHOUT_VAL, "beta_source": "fixed (no validation split)"}
         saved = stage.options.get("record", {})
         if saved.get("beta_source") == "validation":  # set when the stage first ran: a resume keeps it
-            return float(saved["beta"]), {k: saved[k] for k in ("beta", "beta_source", "beta_val_accuracy")}
+            return float(saved["beta"]), {k: saved.get(k) for k in ("beta", "beta_source", "beta_val_accuracy",
+                                                                    "beta_val_classes_without_items")}
         head = ctx.model.head
         initial = copy.deepcopy(head.state_dict())
         rng = rng_state()
         feats, labels = ctx.features("val"), ctx.splits["val"][1]
+        present = torch.bincount(labels, minlength=ctx.dataset.num_classes) > 0
+        unseen = torch.nonzero(~present).flatten().tolist()
+        if unseen:
+            warnings.warn(f"stage {stage.name!r} (ladc): beta is chosen on a validation split without items of "
+                          f"{len(unseen)} classes {unseen[:20]}: their accuracy cannot count in the choice", stacklevel=2)
         scores: dict[float, float] = {}
         for beta in opts.beta_grid:
             head.load_state_dict(initial)
             set_rng_state(rng)
             plan, _ = self._plan(ctx, stage, dataclasses.replace(opts, beta=beta))
             StageTrainer(plan, ctx.runtime, progress=False, divergence_factor=ctx.config.engine.divergence_factor).fit()
-            scores[beta] = float(per_class_accuracy(head, feats, labels, ctx.dataset.num_classes).mean())
+            scores[beta] = float(per_class_accuracy(head, feats, labels, ctx.dataset.num_classes)[present].mean())
         head.load_state_dict(initial)
         set_rng_state(rng)
         best = max(opts.beta_grid, key=lambda b: (scores[b], -b))
         return best, {"beta": best, "beta_source": "validation",
-                      "beta_val_accuracy": {str(b): round(100 * v, 4) for b, v in scores.items()}}
+                      "beta_val_accuracy": {str(b): round(100 * v, 4) for b, v in scores.items()},
+                      "beta_val_classes_without_items": unseen}
 
     def _plan(self, ctx: RunContext, stage: StageConfig, opts: LADCOptions) -> tuple[StagePlan, LADCSampler]:
         """The stage's plan for a resolved β (``opts.beta`` a number)."""
