@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import longtail.data.user as user
 from longtail.cli import main
@@ -92,9 +93,14 @@ def test_train_cli_end_to_end_reports_macro(tmp_path, monkeypatch, capsys):
     args = ["train", f"output_dir={tmp_path}", "name=own", "data.dataset=text", f"data.train_file={CSV}",
             "data.split_column=split", f"data.cache_dir={tmp_path / 'emb'}", "model.encoder=identity",
             "stages.0.epochs=30", "stages.0.batch_size=16", "stages.0.augment=none", "stages.0.optimizer.lr=0.5",
-            "engine.progress=false"]
-    assert main(args) == 0
+            "engine.progress=false", "--threads", "2"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert "astronomy" in capsys.readouterr().out  # class names in the report
+    assert "cpu_threads: 2" in (tmp_path / "own" / "seed0" / "config.yaml").read_text()  # --threads
     results = json.loads((tmp_path / "own" / "seed0" / "results.json").read_text())
     text = json.dumps(results)
     assert "macro_accuracy" in text and "macro_f1" in text

@@ -41,6 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _load(config_path, overrides)
     if args.no_progress:
         config.engine.progress = False
+    if args.threads:
+        config.engine.cpu_threads = args.threads
     results = run_config(config, command=_command_line(), fresh=args.fresh)
     if results["env"]["runtime"].get("rank", 0) == 0:  # under torchrun, rank 0 reports
         print(report(results))
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.0.epochs=10 seed=1")
     train.add_argument("--fresh", action="store_true", help="discard an existing run folder instead of resuming")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (engine.cpu_threads; 0: the config's)")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a finished or interrupted run from its run folder")
