@@ -3,8 +3,10 @@ a file with pickled objects is refused with the fix."""
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import longtail.engine.runner as runner
+from longtail.config import to_dict
 from longtail.engine.checkpoint import atomic_save, load_checkpoint, plain, rng_state, set_rng_state
 from longtail.errors import TrainingError
 
@@ -65,16 +67,28 @@ class Marker:
 def test_a_checkpoint_holding_a_pickled_object_is_refused_with_the_fix(tmp_path):
     run_dir = tmp_path / "ce" / "seed0"
     run_dir.mkdir(parents=True)
+    cfg = config(tmp_path)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))  # the folder of this config
     torch.save({"stage": 0, "epoch": 1, "extra": Marker()}, run_dir / "checkpoint.pt")
     with pytest.raises(TrainingError, match=r"checkpoint .*checkpoint.pt contains pickled Python objects "
                                             r"\(.*Marker\).*weights_only=True.*re-save it"):
-        runner.run_config(config(tmp_path))
+        runner.run_config(cfg)
 
 
 def test_a_damaged_checkpoint_is_called_unreadable(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingError, match="bad.pt is unreadable.*delete it"):
+    with pytest.raises(TrainingError, match=r"bad.pt is unreadable \(not a torch checkpoint file\).*Move it aside") as err:
         load_checkpoint(tmp_path / "bad.pt")
+    assert "delete" not in str(err.value)
+
+
+def test_a_checkpoint_the_device_cannot_take_is_not_called_unreadable(tmp_path):
+    """A valid file on a missing device: the cause is kept and nobody is told to delete it."""
+    atomic_save({"model": {"w": torch.ones(2)}}, tmp_path / "ok.pt")
+    with pytest.raises(TrainingError, match=r"ok.pt is intact but cannot be loaded onto cuda:7 \(RuntimeError: .*\); "
+                                            r"run where that device exists.*engine.device=cpu") as err:
+        load_checkpoint(tmp_path / "ok.pt", map_location="cuda:7")
+    assert "unreadable" not in str(err.value) and "delete" not in str(err.value)
 
 
 def test_plain_converts_numpy_and_dataclasses_and_refuses_other_objects(tmp_path):

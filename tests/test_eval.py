@@ -1,6 +1,7 @@
 """Tests of longtail.eval: metrics by hand on a 3-class example, reports, JSON, plots."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -134,10 +135,17 @@ def test_write_json_atomic(tmp_path):
     path = tmp_path / "sub" / "result.json"
     assert write_json(path, {"a": np.float32(1.5), "b": np.arange(3)}) == path
     assert json.loads(path.read_text()) == {"a": 1.5, "b": [0, 1, 2]}
-    with pytest.raises(ValueError, match="NaN"):
-        write_json(path, {"a": float("nan")})
-    assert json.loads(path.read_text())["a"] == 1.5  # old file intact
+    with pytest.warns(UserWarning, match=r"2 value\(s\) are NaN or infinite and are written as null: a, b\[1\]"):
+        write_json(path, {"a": float("nan"), "b": [1.0, np.float32("inf")]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}  # written, never lost
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]  # no temp files left
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() would make it, not mkstemp's 0600
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def test_summarize_seeds_sample_std():

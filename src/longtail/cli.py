@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train and evaluate a config (default: built-in digits-LT)")
     train.add_argument("config", nargs="?", help="a YAML config (omit for the built-in default)")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.0.epochs=10 seed=1")
-    train.add_argument("--fresh", action="store_true", help="discard an existing run folder instead of resuming")
+    train.add_argument("--fresh", action="store_true",
+                       help="start over: once the new run is built and checked, the existing run folder is moved "
+                            "aside (old-seedN-<time>), not deleted")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (engine.cpu_threads; 0: the config's)")
     train.set_defaults(func=cmd_train)
@@ -142,16 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``train`` takes its options before, between or after the ``key=value``
+    overrides (``longtail train name=x --no-progress seed=1``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or args.command != "train"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.func(args)
-    except (LongTailError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"longtail: error: {message}", file=sys.stderr)
+    except LongTailError as exc:  # the library's own errors: one line naming the problem and the fix
+        print(f"longtail: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("longtail: interrupted; the last checkpoint in the run folder is intact", file=sys.stderr)
+        print("longtail: interrupted; the checkpoints written so far are intact and the same command resumes "
+              "from the last one", file=sys.stderr)
         return 130
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -246,6 +249,58 @@ def to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# Keys that cannot change a run's results: where the run folder is, and display / thread / checkpoint
+# cadence settings (a resumed run is bit-identical to an uninterrupted one).
+RESULT_NEUTRAL_KEYS = frozenset({
+    "name", "output_dir", "engine.progress", "engine.tensorboard", "engine.cpu_threads", "engine.checkpoint_every",
+})
+
+
+def result_settings(config: RunConfig) -> dict[str, Any]:
+    """The config as ``{dotted key: value}`` (``stages.0.loss.name``), less :data:`RESULT_NEUTRAL_KEYS`."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                walk(f"{prefix}.{i}", item)
+        elif prefix not in RESULT_NEUTRAL_KEYS:
+            flat[prefix] = value
+
+    walk("", to_dict(config))
+    return flat
+
+
+def config_fingerprint(config: RunConfig) -> str:
+    """sha256 of :func:`result_settings`: equal for two configs exactly when they give the same results."""
+    text = json.dumps(result_settings(config), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> list[str]:
+    """The result settings that differ, as ``key: old -> new`` (``(none)`` where a key is absent)."""
+    a, b = result_settings(old), result_settings(new)
+
+    def show(settings: dict[str, Any], key: str) -> str:
+        return repr(settings[key]) if key in settings else "(none)"
+
+    return [f"{key}: {show(a, key)} -> {show(b, key)}" for key in sorted(set(a) | set(b), key=_key_order)
+            if key not in a or key not in b or a[key] != b[key]]
+
+
+def _key_order(key: str) -> list:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split(".")]
+
+
+def read_run_config(path: str | Path) -> RunConfig:
+    """The config a run folder recorded (its ``config.yaml``), as written: already resolved, so no
+    recipe, base file or epoch scale is applied again; keys added to the schema since take their defaults."""
+    return from_dict(RunConfig, _read_yaml(Path(path)))
+
+
 # ---------------------------------------------------------------- files, recipes, overrides
 
 
@@ -266,9 +321,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; pass the path of a .yaml file") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} is empty; write the config in it (e.g. `method: ce`), or leave out "
+                          "the file to train the built-in default")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
@@ -412,6 +470,12 @@ def validate(config: RunConfig) -> None:
         bad = [] if stage.iterations else [m for m in sched.milestones if not 0 < m < stage.epochs]
         if bad:
             raise ConfigError(f"{where}.schedule.milestones {bad} lie outside 1..{stage.epochs - 1}")
+    device = config.engine.device
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
+        raise ConfigError(f"engine.device must be auto, cpu, cuda or cuda:N (e.g. cuda:0), got {device!r}")
+    if config.data.counts is not None and config.data.profile != "explicit":
+        raise ConfigError(f"data.counts is used only with data.profile=explicit (data.profile is "
+                          f"{config.data.profile!r}): add data.profile=explicit, or remove data.counts")
     factor = config.engine.divergence_factor
     if factor is not None and factor != 0 and not factor > 1:
         raise ConfigError(f"engine.divergence_factor must be more than 1, or 0 / null (off), got {factor!r}")

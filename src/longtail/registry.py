@@ -1,13 +1,15 @@
 """Name → factory registries (one per family: losses, samplers, models, heads, methods).
 
-A registry maps a string name to a callable that builds the object. Unknown names raise a
-``KeyError`` that lists the valid names and the closest match, so a typo in a config says
-how to fix itself.
+A registry maps a string name to a callable that builds the object. Unknown names raise an
+``UnknownNameError`` (a ``ConfigError`` and a ``KeyError``) that lists the valid names and the
+closest match, so a typo in a config says how to fix itself.
 """
 from __future__ import annotations
 
 import difflib
 from typing import Any, Callable, Dict, Iterator, TypeVar
+
+from .errors import UnknownNameError
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -45,7 +47,7 @@ class Registry:
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}{closest(name, self._items)}; "
                 f"valid names: {', '.join(sorted(self._items))}"
             ) from None

@@ -7,7 +7,6 @@ the same), and builds CIFAR-10/100-LT exactly as the reference generator of Cao 
 """
 from __future__ import annotations
 
-import codecs
 import hashlib
 import pickle
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from ..errors import DataError
 from .dataset import ArraySplit, LongTailedDataset
 from .profiles import build_profile
+from .safe_pickle import safe_load
 from .validation import split_validation
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -49,28 +49,6 @@ CIFAR_SPECS: dict[str, dict[str, Any]] = {
     },
 }
 
-# The only globals a CIFAR pickle may name: bytes written by Python 3 under protocol 2 come as
-# _codecs.encode, arrays as numpy's reconstructor (module path differs across numpy versions).
-_ALLOWED_GLOBALS = {
-    ("_codecs", "encode"): codecs.encode,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],
-    ("numpy._core.multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],
-}
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals a CIFAR batch needs, so that a tampered
-    download cannot run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"unexpected global {module}.{name} in a CIFAR batch") from None
-
-
 def _spec(name: str) -> dict[str, Any]:
     try:
         return CIFAR_SPECS[name]
@@ -81,10 +59,10 @@ def _spec(name: str) -> dict[str, Any]:
 def _read_pickle(path: Path) -> dict[str, Any]:
     """Read one pickled dict; keys become ``str`` whether stored as bytes or str."""
     if not path.is_file():
-        raise DataError(f"missing CIFAR file {path}; unpack the dataset archive again or pass download=True")
+        raise DataError(f"missing CIFAR file {path}; unpack the dataset archive again or set data.download=true (download=True in Python)")
     try:
         with open(path, "rb") as f:
-            obj = _CifarUnpickler(f, encoding="bytes").load()
+            obj = safe_load(f, encoding="bytes")  # a tampered download cannot run code
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise DataError(f"corrupt CIFAR file {path} ({e}); delete it and unpack the dataset archive again") from e
     if not isinstance(obj, dict):
@@ -128,7 +106,7 @@ def cifar_folder(root, name: str, download: bool = False) -> Path:
         if not download:
             raise DataError(
                 f"{name}: no folder {folder}; unpack {Path(spec['url']).name} into {Path(root).expanduser()} "
-                "(it creates that folder) or pass download=True"
+                "(it creates that folder) or set data.download=true (download=True in Python)"
             )
         from torchvision.datasets.utils import download_and_extract_archive
 

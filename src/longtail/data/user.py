@@ -154,6 +154,10 @@ def encode_labels(train_labels, test_labels, where: str, order: str = "name") ->
     training is an error naming it (never silently dropped)."""
     train_labels = [str(v) for v in train_labels]
     test_labels = [str(v) for v in test_labels]
+    for split, labels in (("training", train_labels), ("test", test_labels)):
+        if not labels:
+            raise DataError(f"{where}: no {split} rows (an empty file, a header line only, or no rows marked "
+                            f"{'train' if split == 'training' else 'test'}); add {split} rows")
     names = sorted(set(train_labels), key=lambda v: (0, int(v), v) if v.lstrip("-").isdigit() else (1, 0, v))
     if order == "count":
         from .text import order_classes
@@ -322,21 +326,53 @@ def _load_parquet(path: Path) -> dict:
     return out
 
 
+SAVE_FEATURES = "save the arrays with np.savez(path, features=..., labels=..., split=...)"
+
+
 def _load_arrays(path) -> dict:
+    """The arrays of a features file; nothing in it can run code (no pickles: a dict saved in a
+    ``.npy`` is read by :func:`_load_npy_dict`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"features file {path} does not exist; set data.train_file")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=True) as f:
-            return {k: f[k] for k in f.files}
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except ValueError as exc:  # an array of Python objects: reading it means unpickling
+            raise DataError(f"{path} holds arrays of Python objects ({exc}); longtail does not unpickle them (that "
+                            f"can run code): {SAVE_FEATURES} from numbers and strings") from None
     if path.suffix == ".parquet":
         return _load_parquet(path)
     if path.suffix == ".npy":  # a saved dict: np.save(path, {"features": ..., "labels": ..., "split": ...})
-        obj = np.load(path, allow_pickle=True)
-        if obj.dtype == object and obj.shape == ():
-            return dict(obj.item())
-        raise DataError(f"{path}: a .npy must hold a dict of features, labels[, split]; or save an .npz (np.savez)")
+        return _load_npy_dict(path)
     raise DataError(f"{path}: features must be .npz (np.savez(features=, labels=[, split=])), a .npy dict or .parquet")
+
+
+def _load_npy_dict(path: Path) -> dict:
+    """A dict saved with ``np.save`` (a pickle inside the .npy), unpickled by :mod:`.safe_pickle`:
+    numpy arrays and plain values only."""
+    import pickle
+
+    from .safe_pickle import safe_load
+
+    with path.open("rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+        except ValueError as exc:
+            raise DataError(f"{path} is not a .npy file ({exc}); {SAVE_FEATURES}") from None
+        if dtype != object or shape != ():
+            raise DataError(f"{path}: a .npy must hold a dict of features, labels[, split]; {SAVE_FEATURES}")
+        try:
+            obj = safe_load(f, encoding="latin1")
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            raise DataError(f"{path} was refused: {exc}. {SAVE_FEATURES}") from None
+    obj = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: a .npy must hold a dict of features, labels[, split]; {SAVE_FEATURES}")
+    return obj
 
 
 def build_features_dataset(config) -> LongTailedDataset:
@@ -350,7 +386,17 @@ def build_features_dataset(config) -> LongTailedDataset:
         x = np.asarray(arr["features"], np.float32)
         if x.ndim != 2:
             raise DataError(f"{path}: features have shape {x.shape}; expected [N, D]")
-        return x, np.asarray(arr["labels"]), arr.get("split")
+        y, split = np.asarray(arr["labels"]), arr.get("split")
+        for key, values in (("labels", y), ("split", split)):
+            if values is not None and len(values) != len(x):
+                raise DataError(f"{path}: {len(x)} feature rows but {len(values)} {key} values; give one {key} value "
+                                "per feature row")
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        if bad.size:
+            rows = ", ".join(map(str, bad[:10])) + (f" and {bad.size - 10} more" if bad.size > 10 else "")
+            raise DataError(f"{path}: {bad.size} feature row(s) hold NaN or inf values (0-based rows {rows}); fix or "
+                            "drop those rows (training on them makes the loss NaN)")
+        return x, y, split
 
     x, y, split = load(config.train_file)
     if config.test_file:

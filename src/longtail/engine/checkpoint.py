@@ -8,16 +8,15 @@ code from the file). A file holding other pickled objects is refused with the fi
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import TrainingError
+from ..atomic import atomic_write
+from ..errors import TrainingError, first_line
 
 PLAIN = (str, int, float, bool, type(None))  # exact types: np.float64 is a float subclass
 
@@ -48,19 +47,10 @@ def plain(obj: Any, where: str = "checkpoint") -> Any:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(plain(obj))`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
+    """``torch.save(plain(obj))`` to ``path`` through :func:`longtail.atomic.atomic_write` (a full
+    disk raises a StorageError saying the previous file is intact)."""
     obj = plain(obj)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 # Checkpoints written before numpy state was stored as tensors hold numpy arrays (the numpy RNG
@@ -83,7 +73,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         except Exception:  # noqa: BLE001 - not even readable as a pickle
             found = []
         if not found:
-            raise _unreadable(path, exc) from None
+            raise _unreadable(path, "not a torch checkpoint file") from None
         found = ", ".join(found)
         raise TrainingError(
             f"checkpoint {path} contains pickled Python objects ({found}); longtail loads checkpoints with "
@@ -91,14 +81,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "with tensors and plain values only: load it with torch.load(path, weights_only=False), replace each "
             "object by a dict/list/tensor, and torch.save the result to the same path"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - any other failure means a damaged file
-        raise _unreadable(path, exc) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file, or a device it cannot be mapped to
+        if str(map_location) != "cpu" and _loads_on_cpu(path):
+            raise TrainingError(
+                f"checkpoint {path} is intact but cannot be loaded onto {map_location} ("
+                f"{first_line(exc)}); run where that device exists, or on another one (e.g. engine.device=cpu)"
+            ) from None
+        raise _unreadable(path, first_line(exc)) from None
 
 
-def _unreadable(path: Path, exc: Exception) -> TrainingError:
+def _loads_on_cpu(path: Path) -> bool:
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAYS):
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - the file itself is bad
+        return False
+    return True
+
+
+def _unreadable(path: Path, cause: str) -> TrainingError:
     return TrainingError(
-        f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); delete it to restart "
-        "from the previous checkpoint or from scratch"
+        f"checkpoint {path} is unreadable ({cause}): it is damaged or not a "
+        f"checkpoint. Move it aside (e.g. mv {path} {path}.bad) to train that part again"
     )
 
 

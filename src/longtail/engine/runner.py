@@ -24,10 +24,10 @@ import copy
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,11 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import RunConfig, to_dict
+from ..atomic import atomic_write_text, make_folder, move_aside, remove_stale_temporaries
+from ..config import RunConfig, config_changes, config_fingerprint, read_run_config, to_dict
 from ..data.factory import load_dataset
 from ..data.files import FileDataset, FileSplit
-from ..errors import ConfigError
+from ..errors import ConfigError, StorageError, TrainingError, first_line
 from ..eval.metrics import EvalResult, weight_norms
 from ..eval.plots import plot_per_class_accuracy, plot_weight_norms
 from ..eval.report import format_report, write_json
@@ -113,24 +114,52 @@ class Run:
         self.runtime = Runtime.resolve(config.engine)
         self.writes = self.runtime.world.main  # under data parallelism rank 0 alone writes the run folder
         self._tensorboard = None  # the SummaryWriter, opened with the first record
+        self.fresh = fresh
         if config.engine.tensorboard:
             _require_tensorboard()
-        if fresh and self.writes and self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
+
+    # ------------------------------------------------------------------ the run folder
+    def finished_results(self) -> dict[str, Any] | None:
+        """The results of this config's finished run in the folder, else None; a folder holding a
+        run of another config is a ConfigError (with ``fresh`` the folder is not looked at)."""
+        if self.fresh:
+            return None
+        check_bound(self.run_dir, self.config)
+        path = self.run_dir / "results.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from (None: start from scratch)."""
+        path = self.run_dir / "checkpoint.pt"
+        return load_checkpoint(path) if not self.fresh and path.exists() else None
+
+    def _open_folder(self, resume: dict[str, Any] | None) -> None:
+        """Make the run folder ready, once everything is built and checked: with ``fresh`` the old
+        folder is moved aside (never deleted); a new run records its config, fingerprint and
+        environment, a resumed one keeps them; metrics past the checkpoint and temporary files left
+        by a kill are dropped."""
+        if not self.writes:
+            return
+        if self.fresh and self.run_dir.exists():
+            aside = move_aside(self.run_dir)
+            warnings.warn(f"--fresh: the earlier run folder {self.run_dir} was moved to {aside}", stacklevel=3)
+        make_folder(self.run_dir)
+        remove_stale_temporaries(self.run_dir)
+        if resume is None:
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
+            write_json(self.run_dir / "env.json", environment(self.runtime, self.command))
+        atomic_write_text(self.run_dir / FINGERPRINT, config_fingerprint(self.config) + "\n")
+        truncate_metrics(self.run_dir / "metrics.jsonl", self.config, resume)
 
     # ------------------------------------------------------------------ set-up
-    def _setup(self) -> RunContext:
+    def _build(self) -> RunContext:
+        """Data, model and device splits; writes nothing (inspection uses it too)."""
         config = self.config
         dataset = load_dataset(config.data)
         with DEVICE_RNG_LOCK:  # seeding and initialisation stay deterministic under concurrency
             seed_everything(config.seed)
             model = self._build_model(dataset)
-        ctx = RunContext(config, self.runtime, dataset, model, _to_device(dataset, self.runtime.device), self.run_dir)
-        if self.writes:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-            write_json(self.run_dir / "env.json", environment(self.runtime, self.command))
-        return ctx
+        return RunContext(config, self.runtime, dataset, model, _to_device(dataset, self.runtime.device), self.run_dir)
 
     def _build_model(self, dataset):
         config = self.config
@@ -154,8 +183,13 @@ class Run:
         """One epoch's record: a line of metrics.jsonl, and TensorBoard scalars when enabled."""
         if not self.writes:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise StorageError(f"cannot append to {path} ({first_line(exc)}); the checkpoints written so far are "
+                               "intact. Free disk space, then run the same command again") from None
         if self.config.engine.tensorboard:
             if self._tensorboard is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -195,20 +229,21 @@ class Run:
             self._close_tensorboard()
 
     def _execute(self) -> dict[str, Any]:
-        results_path = self.run_dir / "results.json"
-        if results_path.exists():
-            return json.loads(results_path.read_text())
+        finished = self.finished_results()
+        if finished is not None:
+            return finished
         started = time.perf_counter()
-        ctx = self._setup()
         config = self.config
-        resume = load_checkpoint(self.run_dir / "checkpoint.pt") if (self.run_dir / "checkpoint.pt").exists() else None
+        resume = self.resume_state()
+        ctx = self._build()
+        kinds = [stage_kind(s.kind) for s in config.stages]
+        for kind, stage in zip(kinds, config.stages):
+            kind.check(ctx, stage)  # fail before stage 1 trains, not after
+        self._open_folder(resume)  # only now, with everything built and checked
         # training time is kept across resumes: the checkpoint carries the time spent up to it
         self._elapsed = (started, resume.get("elapsed_seconds", 0.0) if resume else 0.0)
         timings: list[dict[str, Any]] = []
         best_val: tuple[float, dict[str, torch.Tensor]] | None = None
-        kinds = [stage_kind(s.kind) for s in config.stages]
-        for kind, stage in zip(kinds, config.stages):
-            kind.check(ctx, stage)  # fail before stage 1 trains, not after
         last_training_stage = max((i for i, k in enumerate(kinds) if k.trains), default=-1)
         for index, (stage, kind) in enumerate(zip(config.stages, kinds)):
             kind.prepare(ctx, stage)
@@ -251,7 +286,10 @@ class Run:
                     if every and (epoch + 1) % every == 0 and epoch + 1 < stage.epochs:
                         self._save(ctx, _index, epoch + 1, _trainer)
 
-                trainer.fit(start_epoch, on_epoch_end)
+                try:
+                    trainer.fit(start_epoch, on_epoch_end)
+                except TrainingError as exc:
+                    raise TrainingError(f"{exc} {self._saved_work()}") from None
             timings.append(
                 {
                     "stage": stage.name,
@@ -271,9 +309,18 @@ class Run:
         if resume is not None:
             results["resumed_from"] = {"stage": resume["stage"], "epoch": resume["epoch"]}
         if self.writes:
-            write_json(results_path, results)
+            write_json(self.run_dir / "results.json", results)
             self._plots(ctx, results)
         return results
+
+    def _saved_work(self) -> str:
+        """What a failed stage leaves to resume from, for its error message."""
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            return "No checkpoint had been written yet (engine.checkpoint_every sets how often)."
+        saved = load_checkpoint(path)
+        stage = self.config.stages[saved["stage"]].name
+        return f"The last checkpoint ({path}: stage {stage!r}, epoch {saved['epoch']}) is intact."
 
     def _elapsed_seconds(self) -> float:
         """Seconds this run has taken, earlier processes' up to their last checkpoint included."""
@@ -340,6 +387,52 @@ def _require_tensorboard() -> None:
             "engine.tensorboard: true needs the tensorboard package: pip install 'longtail[tensorboard]' "
             "(or set engine.tensorboard=false; metrics.jsonl has the same records)"
         ) from None
+
+
+FINGERPRINT = "config.sha256"  # config_fingerprint of the config that made the run folder
+WAYS_OUT = ("to keep both, give this run a new name=NAME or output_dir=DIR; to replace the old run, add --fresh "
+            "(it is moved aside, not deleted)")
+
+
+def check_bound(run_dir: Path, config: RunConfig) -> None:
+    """A ConfigError when ``run_dir`` holds work (a checkpoint or results) of a config whose results
+    could differ from ``config``'s; it names the differing keys and the ways out. The fingerprint
+    decides; folders without one (or from an older schema) are compared with their config.yaml."""
+    if not any((run_dir / name).exists() for name in ("checkpoint.pt", "results.json")):
+        return  # no work to lose or to mix with
+    recorded = run_dir / "config.yaml"
+    if not recorded.is_file():
+        raise ConfigError(f"{run_dir} holds a run without its config.yaml, so it cannot be matched to this config; "
+                          f"{WAYS_OUT}")
+    stored = run_dir / FINGERPRINT
+    if stored.is_file() and stored.read_text().strip() == config_fingerprint(config):
+        return
+    try:
+        changes = config_changes(read_run_config(recorded), config)
+    except ConfigError as exc:
+        raise ConfigError(f"{run_dir} holds a run whose config.yaml no longer loads ({exc}); {WAYS_OUT}") from None
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise ConfigError(f"{run_dir} holds a run of another config ({len(changes)} setting(s) differ: {shown}); "
+                          f"{WAYS_OUT}")
+
+
+def truncate_metrics(path: Path, config: RunConfig, resume: dict[str, Any] | None) -> None:
+    """Keep the metrics.jsonl records up to the checkpoint the run resumes from (none when it starts
+    from scratch), so no epoch is recorded twice; a line torn by a kill is dropped."""
+    if not path.exists():
+        return
+    order = {stage.name: i for i, stage in enumerate(config.stages)}
+    until = (resume["stage"], resume["epoch"]) if resume else (-1, 0)
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if (order.get(record.get("stage"), len(order)), record.get("epoch", 0)) <= until:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 def run_config(config: RunConfig, command: str | None = None, fresh: bool = False) -> dict[str, Any]:

@@ -557,9 +557,10 @@ class StackedRun:
         results: dict[int, dict[str, Any]] = {}
         pending = []
         for i, run in enumerate(self.runs):
-            if (run.run_dir / "results.json").exists():
-                results[i] = json.loads((run.run_dir / "results.json").read_text())
-            elif (run.run_dir / "checkpoint.pt").exists():
+            finished = run.finished_results()  # a folder of another config is refused here
+            if finished is not None:
+                results[i] = finished
+            elif not run.fresh and (run.run_dir / "checkpoint.pt").exists():
                 self.alone[i] = "resumes from its checkpoint alone"
             else:
                 pending.append(i)
@@ -590,7 +591,7 @@ class StackedRun:
         names = [f"{r.config.name}/seed{r.config.seed}" for r in runs]
         ctxs, rngs = [], []
         for run in runs:
-            ctxs.append(run._setup())  # seeds with the run's seed and builds its model, as alone
+            ctxs.append(run._build())  # seeds with the run's seed and builds its model, as alone
             rngs.append(MemberRNG(runtime.device))  # the generators where the run alone has them now
             run._elapsed = (started, 0.0)
         for ctx in ctxs:
@@ -602,6 +603,8 @@ class StackedRun:
             with rng.active():
                 for kind, stage in zip(run_kinds, run.config.stages):
                     kind.check(ctx, stage)
+        for run in runs:
+            run._open_folder(None)  # only now, with every member built and checked
         timings: list[list[dict[str, Any]]] = [[] for _ in runs]
         best_val: list[tuple[float, dict[str, torch.Tensor]] | None] = [None] * len(runs)
         last_training = [max((i for i, k in enumerate(rk) if k.trains), default=-1) for rk in kinds]

@@ -94,8 +94,8 @@ class DivergenceCheck:
 
     def __call__(self, epoch: int, loss: float, bad_weights: int) -> None:
         where = f"stage {self.stage!r}, epoch {epoch + 1}"
-        fix = (f"Lower the learning rate (e.g. {self.where}.optimizer.lr={self.lr / 10:g}; it is {self.lr:g}), "
-               "check the loss options and the inputs; the last checkpoint in the run folder is intact.")
+        fix = (f"Lower the learning rate (e.g. {self.where}.optimizer.lr={self.lr / 10:g}; it is {self.lr:g}) and "
+               "train again with --fresh or a new name= (another config), or check the loss options.")
         if not math.isfinite(loss):
             raise TrainingError(f"{where}: the training loss is not finite ({loss}). {fix}")
         if bad_weights:

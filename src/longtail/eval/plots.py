@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..atomic import atomic_write
 from ..errors import DataError
 
 ANNOTATE_MAX_CLASSES = 10
@@ -26,11 +27,9 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 
 def _save(fig: Figure, path) -> Path:
-    """Save to ``path`` (creating parent folders) and return the path."""
+    """Save to ``path`` atomically (creating parent folders) and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=150))
 
 
 def _sorted_runs(runs: dict, what: str):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ..atomic import atomic_write_text
 from .metrics import GROUPS, EvalResult, class_groups
 
 NUM_WORST_CLASSES = 3
@@ -92,28 +92,33 @@ def _json_default(obj):
 
 
 def write_json(path, obj) -> Path:
-    """Write ``obj`` as indented JSON atomically (temporary file + ``os.replace``); returns the path.
+    """Write ``obj`` as indented JSON atomically (:func:`longtail.atomic.atomic_write`); returns the path.
 
-    Parent folders are created. NaN/inf are refused (not valid JSON): store None instead.
-    A failed write leaves any previous file untouched.
+    Parent folders are created. NaN/inf (not valid JSON) are written as null, with a warning naming
+    where they were, so a result with an undefined metric is never lost. A failed write leaves any
+    previous file untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        text = json.dumps(obj, indent=2, allow_nan=False, default=_json_default)
-    except ValueError as err:
-        raise ValueError(f"cannot write {path}: {err}; replace NaN/inf values with None") from err
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    bad: list[str] = []
+    text = json.dumps(_finite_or_none(json.loads(json.dumps(obj, default=_json_default)), "", bad), indent=2,
+                      allow_nan=False)
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        warnings.warn(f"{path}: {len(bad)} value(s) are NaN or infinite and are written as null: {shown}",
+                      stacklevel=2)
+    return atomic_write_text(path, text + "\n")
+
+
+def _finite_or_none(obj, where: str, bad: list[str]):
+    """``obj`` with every NaN/inf float replaced by None; their places appended to ``bad``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        bad.append(where or "the value")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v, f"{where}.{k}" if where else str(k), bad) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)]
+    return obj
 
 
 def summarize_seeds(values: list[float]) -> tuple[float, float]:

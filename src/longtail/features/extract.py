@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import DataError
 
 __all__ = ["extract_features", "FeatureCache", "state_dict_digest"]
@@ -127,7 +127,7 @@ class FeatureCache:
     ``key = sha256(state_dict digest, data indices, extra)[:32]`` where ``indices`` identify the
     images (e.g. ``ArraySplit.indices``, the positions in the source split) and ``extra`` is any
     other setting that changes the features (normalisation, transform, split name). Files are
-    written atomically (temporary file in the same folder, then ``os.replace``), so a reader
+    written atomically (:func:`longtail.atomic.atomic_write`), so a reader
     never sees a half-written file. Each file holds ``{"key", "features", "labels" (optional),
     "meta"}`` and is loaded with ``torch.load(weights_only=True)``.
 
@@ -179,26 +179,13 @@ class FeatureCache:
         meta: dict[str, Any] | None = None,
     ) -> Path:
         """Write the features (moved to the CPU) atomically; returns the file path."""
-        self.root.mkdir(parents=True, exist_ok=True)
         payload = {
             "key": key,
             "features": features.detach().cpu().contiguous(),
             "labels": None if labels is None else torch.as_tensor(labels).detach().cpu(),
             "meta": dict(meta or {}),
         }
-        final = self.path(key)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return final
+        return atomic_write(self.path(key), lambda handle: torch.save(payload, handle))
 
     def load_entry(self, key: str, device: torch.device | str | None = None) -> dict[str, Any] | None:
         """The stored dict (features/labels on ``device``), or ``None`` if absent.
