@@ -17,7 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import LongTailError
+from .errors import ConfigError, LongTailError
 
 
 def _command_line() -> str:
@@ -30,14 +30,19 @@ def _load(config: str | None, overrides: list[str]):
     return load_config(config, overrides)
 
 
+def _config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """The config file (the one argument that is not ``key=value``; None: the built-in default)
+    and the overrides, wherever the file stands among them."""
+    files = [a for a in items if "=" not in a or Path(a).exists()]
+    if len(files) > 1:
+        raise ConfigError(f"more than one config file given ({', '.join(files)}); pass one, then key=value overrides")
+    return (files[0] if files else None), [a for a in items if a not in files]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.runner import report, run_config
 
-    overrides = list(args.overrides)
-    config_path = args.config
-    if config_path is not None and "=" in config_path and not Path(config_path).exists():
-        overrides.insert(0, config_path)  # `longtail train seed=1` on the built-in default
-        config_path = None
+    config_path, overrides = _config_and_overrides([a for a in (args.config, *args.overrides) if a is not None])
     config = _load(config_path, overrides)
     if args.no_progress:
         config.engine.progress = False
