@@ -1,0 +1,139 @@
+"""A run folder is bound to its config (issue 23): the same config is reported again or resumed,
+--fresh moves the old run aside only once the new one is built, inspection writes nothing, a NaN
+metric is written as null, a resume never records an epoch twice."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+import longtail.engine.runner as runner
+from longtail.cli import main
+from longtail.config import load_config
+from longtail.engine.checkpoint import load_checkpoint
+from longtail.engine.trainer import StageTrainer
+from longtail.errors import ConfigError, TrainingError
+from tests.test_bad_input import snapshot, write_features
+from tests.test_engine import NaNFromEpochThree  # noqa: F401  (registers loss test_nan_from_epoch_3)
+
+
+def args(tmp_path: Path, *extra: str) -> list[str]:
+    features = tmp_path / "f.npz"
+    if not features.exists():
+        write_features(features)
+    return ["train", "data.dataset=features", f"data.train_file={features}", f"output_dir={tmp_path / 'runs'}",
+            "name=r", "stages.0.epochs=4", "stages.0.batch_size=8", "engine.checkpoint_every=2", *extra]
+
+
+def interrupt_at(monkeypatch, epoch: int) -> None:
+    """The next training stops with Ctrl-C at the start of 0-based ``epoch``."""
+    original = StageTrainer.run_epoch
+
+    def run_epoch(self, e):
+        if e == epoch:
+            monkeypatch.setattr(StageTrainer, "run_epoch", original)
+            raise KeyboardInterrupt
+        return original(self, e)
+
+    monkeypatch.setattr(StageTrainer, "run_epoch", run_epoch)
+
+
+def folder(tmp_path: Path) -> Path:
+    return tmp_path / "runs" / "r" / "seed0"
+
+
+def epochs(run_dir: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_finished_run_of_the_same_config_is_reported_again_and_options_go_anywhere(tmp_path, capsys):
+    assert main([*args(tmp_path), "--no-progress"]) == 0
+    before = snapshot(folder(tmp_path))
+    capsys.readouterr()
+    # display and thread settings cannot change results: the same run; flags before or after overrides
+    assert main(["train", "--no-progress", *args(tmp_path)[1:], "engine.cpu_threads=2", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "r (seed 0) — test" in out and "run folder:" in out
+    assert snapshot(folder(tmp_path)) == before
+
+
+def test_fresh_moves_the_old_run_aside_once_the_new_one_is_built(tmp_path, capsys):
+    assert main([*args(tmp_path), "--no-progress"]) == 0
+    before = snapshot(folder(tmp_path))
+    with pytest.warns(UserWarning, match=r"--fresh: the earlier run folder .*r/seed0 was moved to .*r/old-seed0-\d{8}-\d{6}"):
+        assert main([*args(tmp_path, "stages.0.loss.name=focal"), "--fresh", "--no-progress"]) == 0
+    [aside] = (tmp_path / "runs" / "r").glob("old-seed0-*")
+    old = snapshot(aside)
+    old["<beside>"] = before["<beside>"]  # the folders beside it now include the new run
+    assert old == before  # moved, not touched
+    assert "focal" in (folder(tmp_path) / "config.yaml").read_text()
+    assert json.loads((folder(tmp_path) / "results.json").read_text())["stage_options"] == [{}]
+
+
+def test_eval_and_report_write_nothing_and_report_the_macro_columns(tmp_path, capsys):
+    assert main([*args(tmp_path), "--no-progress"]) == 0
+    run_dir = folder(tmp_path)
+    before = snapshot(run_dir)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--per-class"]) == 0
+    assert "after stage 'stage1' epoch 4" in capsys.readouterr().out
+    assert main(["report", str(run_dir)]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert "macro acc" in header and "macro F1" in header and row.count("±") == 5  # "many": n/a (no such class)
+    assert snapshot(run_dir) == before
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == mtimes
+
+
+def test_results_are_written_when_a_metric_is_nan(tmp_path, monkeypatch):
+    evaluate = runner.evaluate_model
+
+    def nan_nll(*a, **k):
+        return dataclasses.replace(evaluate(*a, **k), nll=float("nan"))
+
+    monkeypatch.setattr(runner, "evaluate_model", nan_nll)
+    with pytest.warns(UserWarning, match=r"results.json: 1 value\(s\) are NaN or infinite and are written as null: test.nll"):
+        assert main([*args(tmp_path), "--no-progress"]) == 0
+    results = json.loads((folder(tmp_path) / "results.json").read_text())
+    assert results["test"]["nll"] is None and results["test"]["top1"] > 0
+
+
+def test_a_resume_records_each_epoch_once_and_drops_stale_temporaries(tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 3)  # epochs 1-3 logged, the checkpoint at epoch 2
+    assert main([*args(tmp_path), "--no-progress"]) == 130
+    run_dir = folder(tmp_path)
+    assert epochs(run_dir) == [1, 2, 3] and load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 2
+    (run_dir / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    config_yaml = (run_dir / "config.yaml").read_bytes()
+    assert main([*args(tmp_path), "--no-progress", "engine.checkpoint_every=1"]) == 0  # cadence: the same run
+    assert epochs(run_dir) == [1, 2, 3, 4]
+    assert not list(run_dir.glob(".*.tmp"))
+    assert (run_dir / "config.yaml").read_bytes() == config_yaml  # the record of how the run started
+    assert json.loads((run_dir / "results.json").read_text())["resumed_from"] == {"stage": 0, "epoch": 2}
+
+
+def test_a_folder_from_before_the_fingerprint_is_compared_with_its_config_yaml(tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 3)
+    assert main([*args(tmp_path), "--no-progress"]) == 130
+    run_dir = folder(tmp_path)
+    (run_dir / "config.sha256").unlink()
+    with pytest.raises(ConfigError, match=r"1 setting\(s\) differ: stages.0.optimizer.lr: 0.05 -> 0.01"):
+        runner.run_config(load_config(None, args(tmp_path, "stages.0.optimizer.lr=0.01")[1:]))
+    assert not (run_dir / "config.sha256").exists()
+    assert main([*args(tmp_path), "--no-progress"]) == 0  # the same config resumes
+    assert (run_dir / "config.sha256").is_file()
+
+
+@pytest.mark.parametrize("checkpoint_every, says", [
+    (2, r"The last checkpoint \(.*checkpoint.pt: stage 'stage1', epoch 2\) is intact."),
+    (0, r"No checkpoint had been written yet \(engine.checkpoint_every sets how often\)."),
+])
+def test_a_failed_stage_says_what_was_kept(tmp_path, checkpoint_every, says):
+    cfg = load_config(None, [*args(tmp_path, "stages.0.loss={name: test_nan_from_epoch_3}",
+                                          f"engine.checkpoint_every={checkpoint_every}", "engine.progress=false")[1:]])
+    with pytest.raises(TrainingError, match=r"epoch 3: the training loss is not finite .*--fresh or a new name=.* "
+                                            + says) as err:
+        runner.run_config(cfg)
+    assert ("intact" in str(err.value)) == (checkpoint_every > 0)
