@@ -108,11 +108,11 @@ def _ghm_cwap_rank(rank, port, logits, targets, results_dir):
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    loss = GHMCWAPLoss(COUNTS, num_regions=5, regions="aura")
+    loss = GHMCWAPLoss(COUNTS, num_regions=5, regions="aura", histogram="epoch")
     half = logits.shape[0] // 2
     loss(logits[rank * half : (rank + 1) * half], targets[rank * half : (rank + 1) * half])
     loss.on_epoch_end()
-    torch.save({"hist_prev": loss.hist_prev, "edges_cur": loss.edges_cur}, results_dir / f"ghm{rank}.pt")
+    torch.save({"hist": loss.hist, "edges_cur": loss.edges_cur}, results_dir / f"ghm{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -124,15 +124,15 @@ def test_ghm_cwap_histograms_are_summed_over_ranks(tmp_path):
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 4, generator=generator) * 3
     targets = torch.randint(0, 4, (64,), generator=generator)
-    single = GHMCWAPLoss(COUNTS, num_regions=5, regions="aura")
+    single = GHMCWAPLoss(COUNTS, num_regions=5, regions="aura", histogram="epoch")
     single(logits, targets)
     single.on_epoch_end()
     mp.spawn(_ghm_cwap_rank, args=(_free_port(), logits, targets, tmp_path), nprocs=2)
     for rank in (0, 1):
         state = torch.load(tmp_path / f"ghm{rank}.pt")
-        torch.testing.assert_close(state["hist_prev"], single.hist_prev)
+        torch.testing.assert_close(state["hist"], single.hist)
         torch.testing.assert_close(state["edges_cur"], single.edges_cur)
-    assert single.hist_prev.sum() == 64
+    assert single.hist.sum() == 64
 
 
 # ---------------------------------------------------------------- DistributedDataParallel, SyncBatchNorm

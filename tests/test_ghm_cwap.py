@@ -33,7 +33,7 @@ def feed(loss, g, targets, num_classes):
 
 
 def test_gradient_norm_is_one_minus_p_y_and_detached():
-    loss = GHMCWAPLoss([10, 5, 1])
+    loss = GHMCWAPLoss([10, 5, 1], histogram="epoch")
     z = torch.randn(6, 3, requires_grad=True)
     t = torch.tensor([0, 1, 2, 0, 1, 2])
     g = loss.gradient_norm(z, t)
@@ -48,7 +48,7 @@ def test_gradient_norm_is_one_minus_p_y_and_detached():
 
 
 def test_adjusted_gradient_norm_uses_the_margins():
-    loss = GHMCWAPLoss([100, 10], grad_norm="adjusted")
+    loss = GHMCWAPLoss([100, 10], histogram="epoch", grad_norm="adjusted")
     z = torch.tensor([[1.0, 2.0], [0.5, -0.5]])
     t = torch.tensor([0, 1])
     m01 = 0.8 * 0.9 * math.log(0.1)  # warm-start margin, head sample -> tail logit
@@ -64,7 +64,7 @@ def test_intra_weights_by_hand_previous_epoch_and_detached_gradient():
     region 0.  Then S_0 = 4^0.5 + 1^0.5 = 3, W_0 = [3/2, 3/1]; S_1 = 1, W_1 = [1/1, 1/max(0,1)]
     (the empty region counts as one example).
     """
-    loss = GHMCWAPLoss([5, 1], num_regions=2, alpha=0.5, inter=False, regions="ura",
+    loss = GHMCWAPLoss([5, 1], histogram="epoch", num_regions=2, alpha=0.5, inter=False, regions="ura",
                        normalize_weights=False, intra_weight="printed")
     # epoch 0: warm start, W = S_c / (n_c/N)^a = N = 2 everywhere
     torch.testing.assert_close(loss.weight_table, torch.full((2, 2), 2.0))
@@ -83,7 +83,7 @@ def test_intra_weights_by_hand_previous_epoch_and_detached_gradient():
     ce = F.cross_entropy(z.detach(), t, reduction="none")
     torch.testing.assert_close(loss.per_sample(z, t), torch.tensor([1.5, 3.0, 1.0]) * ce)
 
-    batch = GHMCWAPLoss([5, 1], num_regions=2, alpha=0.5, inter=False, regions="ura", intra_weight="printed")
+    batch = GHMCWAPLoss([5, 1], histogram="epoch", num_regions=2, alpha=0.5, inter=False, regions="ura", intra_weight="printed")
     batch.load_state_dict(loss.state_dict())
     w = torch.tensor([9 / 11, 18 / 11, 6 / 11])  # [1.5, 3, 1] / mean 11/6
     assert w.mean().item() == pytest.approx(1.0)
@@ -94,14 +94,14 @@ def test_intra_weights_by_hand_previous_epoch_and_detached_gradient():
     torch.testing.assert_close(z.grad, expected)
 
 
-def test_default_intra_weight_divides_by_one_size_for_every_class():
-    """Issue 17: the default reads Eq. (1) with GHM's single normaliser, W = S / v^a, S = sum_c S_c.
+def test_global_intra_weight_divides_by_one_size_for_every_class():
+    """The "global" reading of Eq. (1): GHM's single normaliser, W = S / v^a, S = sum_c S_c.
 
     Same counts as the printed test above: S_0 = 3, S_1 = 1, S = 4, so W_0 = [4/2, 4/1] and
     W_1 = [4/1, 4/1]: class 1's lone example weighs as much as class 0's rarest one (printed:
     1 against 3, the tail class weighted down for being small)."""
-    loss = GHMCWAPLoss([5, 1], num_regions=2, alpha=0.5, inter=False, regions="ura", normalize_weights=False)
-    assert loss.intra_weight == "global"
+    loss = GHMCWAPLoss([5, 1], histogram="epoch", num_regions=2, alpha=0.5, inter=False, regions="ura",
+                       normalize_weights=False, intra_weight="global")
     S = 2 ** 0.5 * (5 ** 0.5 + 1)  # warm start: S_c = N^(1-a) n_c^a, W_c = S (N / n_c)^a
     torch.testing.assert_close(loss.weight_table, torch.tensor([[S * (2 / 5) ** 0.5] * 2, [S * 2 ** 0.5] * 2]))
     feed(loss, [0.1, 0.1, 0.1, 0.1, 0.9, 0.2], [0, 0, 0, 0, 0, 1], 2)
@@ -109,7 +109,7 @@ def test_default_intra_weight_divides_by_one_size_for_every_class():
     torch.testing.assert_close(loss.effective_size, torch.tensor([3.0, 1.0]))
     torch.testing.assert_close(loss.weight_table, torch.tensor([[2.0, 4.0], [4.0, 4.0]]))
     # inside a class the two readings agree; only the scale of each class differs
-    printed = GHMCWAPLoss([5, 1], num_regions=2, alpha=0.5, inter=False, regions="ura", normalize_weights=False,
+    printed = GHMCWAPLoss([5, 1], histogram="epoch", num_regions=2, alpha=0.5, inter=False, regions="ura", normalize_weights=False,
                           intra_weight="printed")
     printed.load_state_dict(loss.state_dict())
     printed._refresh_tables()
@@ -128,7 +128,7 @@ def test_effective_size_counts_examples_under_aura():
     a = 0.9
     sizes = {}
     for mode in ("counts", "values"):
-        lf = GHMCWAPLoss([72, 100], num_regions=3, regions="aura", intra=False, effective_size=mode)
+        lf = GHMCWAPLoss([72, 100], histogram="epoch", num_regions=3, regions="aura", intra=False, effective_size=mode)
         feed(lf, [0.05] * 64 + [0.5] * 8 + [0.9] * 100, [0] * 72 + [1] * 100, 2)
         lf.on_epoch_end()
         feed(lf, [0.01] * 72, [0] * 72, 2)
@@ -137,22 +137,12 @@ def test_effective_size_counts_examples_under_aura():
     d = torch.tensor([1 / math.log(64), 1 / math.log(8), 1.0])
     d0 = float(d[0] / d.sum())
     counts, values = sizes["counts"], sizes["values"]
-    assert counts.effective_size_from == "counts" == GHMCWAPLoss([1]).effective_size_from  # the default
+    assert counts.effective_size_from == "counts" == GHMCWAPLoss([1], histogram="epoch").effective_size_from  # the default
     torch.testing.assert_close(counts.effective_size, torch.tensor([72 ** a, 100 ** a]))
     torch.testing.assert_close(values.effective_size, torch.tensor([(72 / (3 * d0)) ** a, 100 ** a]))
     torch.testing.assert_close(counts.margin[1, 0], torch.tensor(0.8 * a * math.log(72 / 100)))
     assert counts.margin[0, 1] == 0
     assert values.margin[0, 1] < 0 and values.margin[1, 0] == 0  # densities: class 0 looks larger
-
-
-def test_class_normalisation_makes_each_class_mean_weight_one():
-    loss = GHMCWAPLoss([4, 4], num_regions=2, alpha=1.0, inter=False, regions="ura",
-                       normalize_weights="class")
-    feed(loss, [0.1, 0.1, 0.1, 0.9, 0.2, 0.2, 0.7, 0.7], [0, 0, 0, 0, 1, 1, 1, 1], 2)
-    loss.on_epoch_end()
-    # class 0: v = [3, 1], W = [4/3, 4], expected weight (3*4/3 + 1*4)/4 = 2 -> [2/3, 2]
-    # class 1: v = [2, 2], W = [2, 2], expected 2 -> [1, 1]
-    torch.testing.assert_close(loss.weight_table, torch.tensor([[2 / 3, 2.0], [1.0, 1.0]]))
 
 
 def test_margins_follow_eq2_signs():
@@ -161,7 +151,7 @@ def test_margins_follow_eq2_signs():
     Head-class sample (m = 0) on a tail logit (n = 2): S_n < S_m, margin < 0 (the paper: the
     influence of head classes on tail classes is reduced). Tail sample on a head logit: 0.
     """
-    loss = GHMCWAPLoss([1000, 100, 10], intra=False)
+    loss = GHMCWAPLoss([1000, 100, 10], histogram="epoch", intra=False)
     m = loss.margin
     a, gm = 0.9, 0.8  # warm start: S_c proportional to n_c^alpha
     expected = torch.tensor([
@@ -205,7 +195,7 @@ def test_one_region_alpha_one_reduces_to_seesaw_mitigation(regions):
     """
     gm = 0.8
     counts = [9, 3, 1]
-    loss = GHMCWAPLoss(counts, num_regions=1, alpha=1.0, gamma=gm, regions=regions,
+    loss = GHMCWAPLoss(counts, histogram="epoch", num_regions=1, alpha=1.0, gamma=gm, regions=regions,
                        normalize_weights=False, intra_weight="printed")
 
     def reference(z, t, k):
@@ -231,17 +221,18 @@ def test_one_region_alpha_one_reduces_to_seesaw_mitigation(regions):
     feed(loss, [0.3, 0.6, 0.2, 0.5], [0, 0, 0, 2], 3)  # k = 3, 0 (kept: 2), 1
     loss.on_epoch_end()
     torch.testing.assert_close(value(loss, z, t), reference(z, t, [3, 2, 1]))
-    # the default reading divides by one size for all classes: W_c = sum_k k_k / k_c, inverse frequency
-    default = GHMCWAPLoss(counts, num_regions=1, alpha=1.0, gamma=gm, regions=regions, normalize_weights=False)
+    # the global reading divides by one size for all classes: W_c = sum_k k_k / k_c, inverse frequency
+    default = GHMCWAPLoss(counts, histogram="epoch", num_regions=1, alpha=1.0, gamma=gm, regions=regions,
+                          normalize_weights=False, intra_weight="global")
     torch.testing.assert_close(default.weight_table, (13.0 / torch.tensor(counts, dtype=torch.float32))[:, None])
 
 
 def test_warm_start_uniform_and_ce():
     """Uniform warm start: v_{c,i} = n_c/N, so W = N for everyone and S_c = N^{1-a} n_c^a."""
     N, a, gm = 30, 0.9, 0.8
-    loss = GHMCWAPLoss([100, 10], normalize_weights=False, intra_weight="printed")
-    torch.testing.assert_close(loss.hist_prev, torch.tensor([[100 / N] * N, [10 / N] * N]))
-    torch.testing.assert_close(loss.weight_table, torch.full((2, N), float(N)))
+    loss = GHMCWAPLoss([100, 10], histogram="epoch", normalize_weights=False, intra_weight="printed")
+    torch.testing.assert_close(loss.hist, torch.tensor([[100 / N] * N, [10 / N] * N]))
+    torch.testing.assert_close(loss.weight_table, torch.full((2, N), float(N)), rtol=1e-5, atol=0)
     torch.testing.assert_close(
         loss.effective_size, torch.tensor([N ** (1 - a) * 100**a, N ** (1 - a) * 10**a])
     )
@@ -251,10 +242,10 @@ def test_warm_start_uniform_and_ce():
     hand0 = -math.log(math.exp(1) / (math.exp(1) + math.exp(2 + m01)))
     hand1 = -math.log(math.exp(2) / (math.exp(1) + math.exp(2)))
     torch.testing.assert_close(value(loss, z, t), N * torch.tensor([hand0, hand1]))
-    normalised = GHMCWAPLoss([100, 10], intra_weight="printed")  # batch normalisation: mean weight 1
+    normalised = GHMCWAPLoss([100, 10], histogram="epoch", intra_weight="printed")  # batch normalisation: mean weight 1
     torch.testing.assert_close(value(normalised, z, t), torch.tensor([hand0, hand1]))
 
-    ce = GHMCWAPLoss([100, 10], warm_start="ce", normalize_weights=False)
+    ce = GHMCWAPLoss([100, 10], histogram="epoch", warm_start="ce", normalize_weights=False)
     torch.testing.assert_close(value(ce, z, t), F.cross_entropy(z, t, reduction="none"))
     # after the first epoch the counted histogram takes over; epoch 0 resets it again
     feed(ce, [0.1, 0.1, 0.5], [0, 0, 1], 2)
@@ -270,7 +261,7 @@ def test_aura_narrows_dense_regions_by_algorithm_1():
     d_i <- 1/log(max(v_i, e)) = [1/log 64, 1/log 8, 1], normalised to sum 1: the dense region
     becomes the narrowest, the empty one the widest.
     """
-    loss = GHMCWAPLoss([72], num_regions=3, regions="aura")
+    loss = GHMCWAPLoss([72], histogram="epoch", num_regions=3, regions="aura", normalize_weights="batch")
     feed(loss, [0.05] * 64 + [0.5] * 8, [0] * 72, 2)
     loss.on_epoch_end()
     d = torch.tensor([1 / math.log(64), 1 / math.log(8), 1.0])
@@ -280,18 +271,20 @@ def test_aura_narrows_dense_regions_by_algorithm_1():
     assert widths[0] < widths[1] < widths[2]
     assert loss.edges_cur[0, 0] == 0 and loss.edges_cur[0, -1] == 1
     # the histogram just counted keeps the boundaries it was counted with
-    torch.testing.assert_close(loss.edges_prev[0], torch.tensor([0, 1 / 3, 2 / 3, 1]))
+    torch.testing.assert_close(loss.edges[0], torch.tensor([0, 1 / 3, 2 / 3, 1]))
 
-    # next epoch: each example adds 1/(N d_i) to its region under the new boundaries
+    # next epoch: each example is counted in its region under the new boundaries
     g = 0.2  # new region 1 (d_0 ~ 0.14), but region 0 of the previous (equal) boundaries
     assert d[0] < g < d[0] + d[1]
     z = logits_for([g], [0], 2)
     val = loss.per_sample(z, torch.tensor([0]))
-    torch.testing.assert_close(loss.hist_cur[0], torch.tensor([0.0, 1 / (3 * d[1].item()), 0.0]))
+    torch.testing.assert_close(loss.hist_cur[0], torch.tensor([0.0, 1.0, 0.0]))
     assert val.item() == pytest.approx(F.cross_entropy(z, torch.tensor([0])).item(), rel=1e-5)
     # previous-epoch lookup: W for the g = 0.2 sample is S / 64^a (region 0), not S / 8^a
-    wt = GHMCWAPLoss([72], num_regions=3, normalize_weights=False, inter=False)
+    wt = GHMCWAPLoss([72], histogram="epoch", num_regions=3, normalize_weights=False, inter=False,
+                     intra_weight="global")
     wt.load_state_dict(loss.state_dict())
+    wt._refresh_tables()
     s = 64**0.9 + 8**0.9
     assert wt.per_sample(z, torch.tensor([0])).item() == pytest.approx(
         s / 64**0.9 * F.cross_entropy(z, torch.tensor([0])).item(), rel=1e-5
@@ -300,20 +293,20 @@ def test_aura_narrows_dense_regions_by_algorithm_1():
 
 def test_aura_guard_for_values_at_most_e_and_ura_fixed():
     """Values 2, 1, 0 are all <= e: 1/log(v) would be 1.44, inf, -0; the guard gives 1 each."""
-    loss = GHMCWAPLoss([3], num_regions=3, regions="aura")
+    loss = GHMCWAPLoss([3], histogram="epoch", num_regions=3, regions="aura")
     feed(loss, [0.1, 0.1, 0.5], [0, 0, 0], 2)
     loss.on_epoch_end()
     torch.testing.assert_close(loss.edges_cur[0], torch.tensor([0, 1 / 3, 2 / 3, 1]))
     assert torch.isfinite(loss.weight_table).all() and torch.isfinite(loss.margin).all()
 
-    ura = GHMCWAPLoss([72], num_regions=3, regions="ura")
+    ura = GHMCWAPLoss([72], histogram="epoch", num_regions=3, regions="ura")
     feed(ura, [0.05] * 64 + [0.5] * 8, [0] * 72, 2)
     ura.on_epoch_end()
     torch.testing.assert_close(ura.edges_cur[0], torch.tensor([0, 1 / 3, 2 / 3, 1]))
 
 
 def test_roll_is_idempotent_and_unseen_classes_keep_their_histogram():
-    loss = GHMCWAPLoss([4, 4, 4], num_regions=2)
+    loss = GHMCWAPLoss([4, 4, 4], histogram="epoch", num_regions=2)
     feed(loss, [0.1, 0.9, 0.2], [0, 0, 1], 3)
     loss.on_epoch_end()
     state = {k: v.clone() for k, v in loss.state_dict().items()}
@@ -321,17 +314,17 @@ def test_roll_is_idempotent_and_unseen_classes_keep_their_histogram():
     for k, v in loss.state_dict().items():
         torch.testing.assert_close(v, state[k], msg=k)
     # class 2 saw nothing: it keeps the warm-start histogram 4/2 per region
-    torch.testing.assert_close(loss.hist_prev[2], torch.tensor([2.0, 2.0]))
-    torch.testing.assert_close(loss.hist_prev[:2], torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+    torch.testing.assert_close(loss.hist[2], torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(loss.hist[:2], torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
     # on_epoch_start alone (no on_epoch_end) also rolls
     feed(loss, [0.1, 0.1], [1, 1], 3)
     loss.on_epoch_start(2, 10)
     assert loss.hist_cur.sum() == 0
-    torch.testing.assert_close(loss.hist_prev[1], torch.tensor([2.0, 0.0]))
+    torch.testing.assert_close(loss.hist[1], torch.tensor([2.0, 0.0]))
 
 
 def test_no_counting_in_eval_or_no_grad():
-    loss = GHMCWAPLoss([4, 4], num_regions=2)
+    loss = GHMCWAPLoss([4, 4], histogram="epoch", num_regions=2)
     z = logits_for([0.1, 0.6], [0, 1], 2)
     t = torch.tensor([0, 1])
     with torch.no_grad():
@@ -348,7 +341,7 @@ def test_graph_safe_no_host_sync():
     """Fake tensors raise on .item(), bool(), nonzero and data-dependent shapes."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    loss = GHMCWAPLoss([50, 10, 2], num_regions=5)
+    loss = GHMCWAPLoss([50, 10, 2], histogram="epoch", num_regions=5)
     mode = FakeTensorMode()
     for name, buf in list(loss._buffers.items()):
         loss._buffers[name] = mode.from_tensor(buf)
@@ -385,12 +378,12 @@ def test_variants_and_registry():
                 dict(normalize_weights="mean"), dict(warm_start="zeros"), dict(intra_weight="class"),
                 dict(effective_size="density")):
         with pytest.raises(ValueError):
-            GHMCWAPLoss([5, 1], **bad)
+            GHMCWAPLoss([5, 1], histogram="epoch", **bad)
 
 
 def test_region_lookup_boundaries():
     """Right-closed lookup: g on a boundary goes up, g = 0 to the first, g = 1 to the last."""
-    loss = GHMCWAPLoss([3], num_regions=2, regions="ura")
+    loss = GHMCWAPLoss([3], histogram="epoch", num_regions=2, regions="ura")
     z = torch.tensor([[0.0, 0.0], [100.0, -100.0], [-100.0, 100.0]])  # g = 0.5, 0, 1
     t = torch.zeros(3, dtype=torch.long)
     torch.testing.assert_close(value(loss, z, t), F.cross_entropy(z, t, reduction="none"))
@@ -413,3 +406,109 @@ def test_table3_recipes_build_the_rows_of_ghm_cwap_variant(recipe, row):
     from_row = build_loss("ghm_cwap", class_counts=[50, 20, 5], **ghm_cwap_variant(row))
     for attr in ("intra", "inter", "regions", "alpha", "gamma", "num_regions", "warm_start", "normalize_weights"):
         assert getattr(from_recipe, attr) == getattr(from_row, attr), attr
+
+
+# ---------------------------------------------------------------- issue 24: R inside each category
+
+
+def _three_class_epoch(loss, seed=0):
+    """One epoch's worth of counting: 300 / 60 / 12 examples with mostly-easy gradient norms."""
+    torch.manual_seed(seed)
+    for c, n in enumerate((300, 60, 12)):
+        g = torch.distributions.Beta(0.5, 3.0).sample((n,)).clamp(1e-4, 1 - 1e-4)
+        feed(loss, g, [c] * n, 3)
+
+
+@pytest.mark.parametrize("regions", ["ura", "aura"])
+@pytest.mark.parametrize("histogram", ["window", "epoch"])
+def test_category_weights_leave_every_class_total_unchanged(regions, histogram):
+    """R harmonises inside a class: over the histogram in use, sum_i k_{c,i} W_{c,i} = sum_i k_{c,i}."""
+    loss = GHMCWAPLoss([300, 60, 12], regions=regions, histogram=histogram, inter=False)
+    for epoch in range(3):
+        _three_class_epoch(loss, seed=epoch)
+        loss.on_epoch_end()
+        k = loss.hist
+        torch.testing.assert_close((k * loss.weight_table).sum(1), k.sum(1))
+        assert loss.weight_table.std() > 0.1  # it does re-weight inside the classes
+
+
+def test_category_weights_are_ghm_c_per_category_for_alpha_one():
+    """URA, alpha = 1: W_{c,i} = tot_c / (n_valid,c * k_{c,i}) (Li et al.'s beta, per category).
+
+    Class 0: k = [3, 1] -> tot 4, 2 valid regions: W = [4/6, 4/2]; class 1: k = [2, 2] -> W = [1, 1]."""
+    loss = GHMCWAPLoss([4, 4], num_regions=2, alpha=1.0, inter=False, regions="ura", histogram="epoch")
+    feed(loss, [0.1, 0.1, 0.1, 0.9, 0.2, 0.2, 0.7, 0.7], [0, 0, 0, 0, 1, 1, 1, 1], 2)
+    loss.on_epoch_end()
+    torch.testing.assert_close(loss.weight_table, torch.tensor([[2 / 3, 2.0], [1.0, 1.0]]))
+    # the weights of the same examples in a batch: each class sums to its count
+    z = logits_for([0.1, 0.1, 0.1, 0.9, 0.2, 0.2, 0.7, 0.7], [0, 0, 0, 0, 1, 1, 1, 1], 2)
+    t = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    per = value(loss, z, t) / F.cross_entropy(z, t, reduction="none")
+    torch.testing.assert_close(per, torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0, 1.0, 1.0, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("regions", ["ura", "aura"])
+def test_one_region_reduces_r_to_one(regions):
+    loss = GHMCWAPLoss([300, 60, 12], num_regions=1, regions=regions, inter=False)
+    _three_class_epoch(loss)
+    loss.on_epoch_end()
+    torch.testing.assert_close(loss.weight_table, torch.ones(3, 1))
+
+
+def test_weights_are_bounded_by_the_class_size_and_the_cap():
+    """Class mean 1 bounds a weight by tot_c / k_min (one example); max_weight caps it lower and
+    keeps the class mean at 1."""
+    free = GHMCWAPLoss([300, 60, 12], regions="ura", inter=False, histogram="epoch")
+    capped = GHMCWAPLoss([300, 60, 12], regions="ura", inter=False, histogram="epoch", max_weight=5.0)
+    for loss in (free, capped):
+        _three_class_epoch(loss)
+        loss.on_epoch_end()
+    k = free.hist
+    assert (free.weight_table <= k.sum(1, keepdim=True)).all()
+    assert free.weight_table.max() > 5.0  # the cap below really acts
+    assert capped.weight_table.max() <= 5.0 * 1.5  # clipped, then the class renormalised once
+    torch.testing.assert_close((k * capped.weight_table).sum(1), k.sum(1))
+
+
+def test_window_histogram_is_a_moving_average_over_the_steps():
+    """GHM-C's moving average per category: before a batch with b_c class-c examples the class's
+    histogram decays by 1 - b_c / n_c, then the batch is counted; the weights follow at once."""
+    loss = GHMCWAPLoss([4, 2], num_regions=2, regions="ura", inter=False, alpha=1.0)
+    torch.testing.assert_close(loss.hist, torch.tensor([[2.0, 2.0], [1.0, 1.0]]))  # warm start n_c / N
+    feed(loss, [0.1, 0.1, 0.9], [0, 0, 1], 2)  # b = (2, 1): decay 1/2 and 1/2
+    torch.testing.assert_close(loss.hist, torch.tensor([[1.0 + 2.0, 1.0], [0.5, 0.5 + 1.0]]))
+    # weights from the window in use now: class 0 k = [3, 1] -> 4 / (2 k) = [2/3, 2]
+    torch.testing.assert_close(loss.weight_table[0], torch.tensor([2 / 3, 2.0]))
+    feed(loss, [0.9, 0.9, 0.9, 0.9], [0, 0, 0, 0], 2)  # b_0 = 4 = n_0: the window is this batch alone
+    torch.testing.assert_close(loss.hist[0], torch.tensor([0.0, 4.0]))
+    torch.testing.assert_close(loss.hist[1], torch.tensor([0.5, 1.5]))  # class 1 not drawn: kept
+    loss.on_epoch_end()  # URA: the window carries over unchanged, the epoch counts reset
+    torch.testing.assert_close(loss.hist[0], torch.tensor([0.0, 4.0]))
+    assert loss.hist_cur.sum() == 0
+
+
+def test_rebin_keeps_mass_with_uniform_density_inside_regions():
+    from longtail.losses.ghm_cwap import rebin
+
+    old = torch.tensor([[0.0, 1 / 3, 2 / 3, 1.0]])
+    new = torch.tensor([[0.0, 0.1, 0.5, 1.0]])
+    moved = rebin(torch.tensor([[3.0, 0.0, 3.0]]), old, new)
+    torch.testing.assert_close(moved, torch.tensor([[0.9, 2.1, 3.0]]))
+    torch.testing.assert_close(rebin(moved, new, new), moved)
+
+
+def test_class_normalisation_in_the_batch_keeps_every_class_total_and_bounds_the_weights():
+    """normalize_weights="class": each class's weights in the batch average 1, so a class's total
+    weight is its count in the batch, a lone example weighs 1 and no weight exceeds b_c."""
+    loss = GHMCWAPLoss([300, 60, 12], inter=False, normalize_weights="class")
+    _three_class_epoch(loss)
+    loss.on_epoch_end()
+    g = torch.tensor([0.01, 0.02, 0.5, 0.95, 0.3, 0.6, 0.9])
+    t = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    z = logits_for(g, t, 3)
+    w = value(loss, z, t) / F.cross_entropy(z, t, reduction="none")
+    for c, b in ((0, 4), (1, 2), (2, 1)):
+        assert w[t == c].sum().item() == pytest.approx(b, rel=1e-5)
+        assert (w[t == c] <= b).all()
+    assert w[t == 0].std() > 0.1  # inside the class the hard and easy examples still differ
+    assert w[-1].item() == pytest.approx(1.0)
