@@ -140,7 +140,7 @@ class EvalConfig:
 @dataclass
 class EngineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str | bool = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | on | off
+    amp: str | bool = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | on | off; on a CPU, bf16 where it computes bf16 natively (engine/device.py cpu_has_bf16), fp32 elsewhere
     channels_last: str | bool = "auto"  # auto | on | off
     cuda_graph: str | bool = "auto"  # auto | on | off
     compile: str | bool = "off"  # torch.compile the encoder of whole-network stages: auto (on with CUDA) | on | off

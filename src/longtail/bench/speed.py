@@ -68,6 +68,11 @@ def _extrapolate(epoch_seconds: list[float], epochs: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--cpu" in argv:  # the CPU step-throughput comparison (bench/cpu_speed.py)
+        from .cpu_speed import main as cpu_main
+
+        return cpu_main([a for a in argv if a != "--cpu"])
     parser = argparse.ArgumentParser(prog="longtail bench speed", description=__doc__.split("\n")[0])
     parser.add_argument("--prepared", help="a prepared dataset file (default: CIFAR-10-LT IF 100 from --root)")
     parser.add_argument("--root", default=".data", help="folder holding cifar-10-batches-py")
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants[0].startswith("stacked"):
         parser.error("put a fast-path variant first (its stage 1 is the LWS stage 2's), e.g. --variants fast stacked3")
     if not torch.cuda.is_available():
-        print("longtail bench speed needs a CUDA GPU (the comparison is about GPU training)", file=sys.stderr)
+        print("longtail bench speed needs a CUDA GPU (the comparison is about GPU training); "
+              "longtail bench speed --cpu compares fp32 and bf16 training steps on the CPU", file=sys.stderr)
         return 2
     data_args = [f"data.prepared={args.prepared}"] if args.prepared else ["data.dataset=cifar10", f"data.root={args.root}"]
     data_args.append(f"seed={args.seed}")
