@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
-import os
 import re
 import tarfile
 from pathlib import Path
@@ -56,6 +54,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import DataError
 from .cifar import indices_sha256, select_long_tailed, subset_meta
 from .dataset import ArraySplit, LongTailedDataset
@@ -305,12 +304,8 @@ def embed_texts(texts: Sequence[str], embedder: Embedder, cache_dir: str | Path 
     if not np.isfinite(features).all():
         raise DataError("the embedder returned non-finite features")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        buffer = io.BytesIO()
-        np.savez(buffer, embeddings=features, key=np.array(key), model=np.array(embedder.name))
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
+        atomic_write(path, lambda handle: np.savez(handle, embeddings=features, key=np.array(key),
+                                                   model=np.array(embedder.name)))
     return features, key
 
 

@@ -2,8 +2,10 @@
 
 The run folder ``<output_dir>/<name>/seed<seed>/`` holds:
 
-- ``config.yaml``   the resolved config;
-- ``env.json``      versions, device, commit, command;
+- ``config.yaml``   the resolved config the run started with;
+- ``config.sha256`` its fingerprint (:func:`~longtail.config.config_fingerprint`: every setting but
+  :data:`~longtail.config.RESULT_NEUTRAL_KEYS`, which cannot change results);
+- ``env.json``      versions, device, commit, command of the process that started the run;
 - ``metrics.jsonl`` one line per epoch (stage, epoch, loss, train accuracy, lr, seconds, ...);
 - ``tensorboard/``  with ``engine.tensorboard: true``, the same records as TensorBoard scalars
   (tag ``<stage>/<key>``, step = the stage's epoch); needs ``pip install 'longtail[tensorboard]'``;
@@ -14,9 +16,15 @@ The run folder ``<output_dir>/<name>/seed<seed>/`` holds:
   checkpoint-selection rule, per-class weight norms, timings;
 - ``per_class_accuracy.png``, ``weight_norms.png``.
 
-Resuming (the default) continues from ``checkpoint.pt``; a finished run (``results.json``) is
-not re-run unless ``fresh=True``. Under data parallelism (``engine/distributed.py``) every rank
-trains and evaluates and rank 0 alone writes the folder.
+The folder is bound to its config: a folder holding work (a checkpoint or results) of a config
+with another fingerprint is refused with the differing settings (:func:`check_bound`); with the
+same one, a finished run (``results.json``) is reported again and an interrupted one resumes from
+``checkpoint.pt`` (its metrics.jsonl cut back to the checkpoint). ``fresh=True`` (``--fresh``)
+builds and checks everything first, then moves the old folder aside (``old-seed<N>-<time>``).
+Nothing is written before the data, model and every stage are checked; every file is written
+atomically (:mod:`longtail.atomic`). Inspection (``longtail eval``) builds through
+:meth:`Run._build`, which writes nothing. Under data parallelism (``engine/distributed.py``) every
+rank trains and evaluates and rank 0 alone writes the folder.
 """
 from __future__ import annotations
 
