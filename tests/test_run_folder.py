@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import longtail.engine.runner as runner
@@ -14,7 +15,8 @@ from longtail.cli import main
 from longtail.config import load_config
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.trainer import StageTrainer
-from longtail.errors import ConfigError, TrainingError
+from longtail.data.dataset import ArraySplit
+from longtail.errors import ConfigError, DataError, TrainingError
 from tests.test_bad_input import snapshot, write_features
 from tests.test_engine import NaNFromEpochThree  # noqa: F401  (registers loss test_nan_from_epoch_3)
 
@@ -137,3 +139,24 @@ def test_a_failed_stage_says_what_was_kept(tmp_path, checkpoint_every, says):
                                             + says) as err:
         runner.run_config(cfg)
     assert ("intact" in str(err.value)) == (checkpoint_every > 0)
+
+
+def test_nan_in_the_training_inputs_is_named_not_blamed_on_the_learning_rate(tmp_path, monkeypatch):
+    """A dataset built in Python (no file check on the way): the loss turns NaN, the rows are named."""
+    from tests.test_engine import tiny_dataset
+
+    def with_nan(_config=None):
+        dataset = tiny_dataset()
+        x = dataset.train.x.astype(np.float32).reshape(len(dataset.train), -1)[:, :6]
+        x[[3, 17]] = np.nan
+        dataset.train = ArraySplit(x, dataset.train.y, np.arange(100, 100 + len(x)))
+        dataset.test = ArraySplit(dataset.test.x.astype(np.float32).reshape(len(dataset.test), -1)[:, :6], dataset.test.y)
+        dataset.mean = dataset.std = None
+        return dataset
+
+    monkeypatch.setattr(runner, "load_dataset", with_nan)
+    cfg = load_config(None, args(tmp_path, "engine.progress=false")[1:])
+    with pytest.raises(DataError, match=r"tiny: 2 training input\(s\) hold NaN or inf values \(rows 3, 17 of the "
+                                        r"training split; source rows 103, 117\), so the loss cannot be finite: fix or "
+                                        r"drop those rows \(the learning rate is not the cause\)"):
+        runner.run_config(cfg)

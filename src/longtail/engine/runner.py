@@ -47,7 +47,7 @@ from ..atomic import atomic_write_text, make_folder, move_aside, remove_stale_te
 from ..config import RunConfig, config_changes, config_fingerprint, read_run_config, to_dict
 from ..data.factory import load_dataset
 from ..data.files import FileDataset, FileSplit
-from ..errors import ConfigError, StorageError, TrainingError, first_line
+from ..errors import ConfigError, DataError, StorageError, TrainingError, first_line
 from ..eval.metrics import EvalResult, weight_norms
 from ..eval.plots import plot_per_class_accuracy, plot_weight_norms
 from ..eval.report import format_report, write_json
@@ -296,8 +296,8 @@ class Run:
 
                 try:
                     trainer.fit(start_epoch, on_epoch_end)
-                except TrainingError as exc:
-                    raise TrainingError(f"{exc} {self._saved_work()}") from None
+                except TrainingError as exc:  # the inputs are checked before the learning rate is blamed
+                    raise non_finite_inputs(ctx) or TrainingError(f"{exc} {self._saved_work()}") from None
             timings.append(
                 {
                     "stage": stage.name,
@@ -326,7 +326,10 @@ class Run:
         path = self.run_dir / "checkpoint.pt"
         if not path.exists():
             return "No checkpoint had been written yet (engine.checkpoint_every sets how often)."
-        saved = load_checkpoint(path)
+        try:
+            saved = load_checkpoint(path)
+        except TrainingError:
+            return f"{path} was left as it was."
         stage = self.config.stages[saved["stage"]].name
         return f"The last checkpoint ({path}: stage {stage!r}, epoch {saved['epoch']}) is intact."
 
@@ -395,6 +398,22 @@ def _require_tensorboard() -> None:
             "engine.tensorboard: true needs the tensorboard package: pip install 'longtail[tensorboard]' "
             "(or set engine.tensorboard=false; metrics.jsonl has the same records)"
         ) from None
+
+
+def non_finite_inputs(ctx: RunContext) -> DataError | None:
+    """A DataError naming the training rows whose (float) inputs hold NaN or inf, else None."""
+    inputs = ctx.splits["train"][0]
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+        return None
+    bad = (~torch.isfinite(inputs.flatten(1))).any(1).nonzero().flatten().tolist()
+    if not bad:
+        return None
+    source = ctx.dataset.train.indices
+    where = "" if source is None else f"; source rows {', '.join(str(int(source[i])) for i in bad[:10])}"
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return DataError(f"{ctx.dataset.name}: {len(bad)} training input(s) hold NaN or inf values (rows "
+                     f"{', '.join(map(str, bad[:10]))}{more} of the training split{where}), so the loss cannot be "
+                     "finite: fix or drop those rows (the learning rate is not the cause)")
 
 
 FINGERPRINT = "config.sha256"  # config_fingerprint of the config that made the run folder
