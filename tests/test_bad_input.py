@@ -162,6 +162,9 @@ CASES = [
     Case("data.counts without profile=explicit", lambda ws: ["--fresh", "data.counts=[20,10,5,3]"],
          r"data.counts is used only with data.profile=explicit \(data.profile is 'exp'\): add data.profile=explicit, "
          r"or remove data.counts"),
+    Case("init_from weights of another model", lambda ws: ["name=other", f"stages.0.options.init_from={ws / 'valid.pt'}"],
+         r"the weights in .*valid.pt do not fit the model this config builds \(RuntimeError: Error\(s\) in loading "
+         r"state_dict.*\): they come from another model \(encoder, head or code version\); use weights of this model"),
     Case("a valid checkpoint on a missing device", None, call=load_on_missing_device, expect=
          r"valid.pt is intact but cannot be loaded onto cuda:7 \(RuntimeError: .*\); run where that device exists, "
          r"or on another one \(e.g. engine.device=cpu\)"),
@@ -212,7 +215,7 @@ def test_a_bug_inside_the_library_keeps_its_traceback(ws, monkeypatch):
 
 def test_the_table_covers_every_case_and_pickle_would_have_run_code(ws):
     """The malicious files are real: plain unpickling does create the marker."""
-    assert len(CASES) == len({c.name for c in CASES}) == 18
+    assert len(CASES) == len({c.name for c in CASES}) == 19
     with open(ws / "evil.npy", "rb") as f:
         np.lib.format.read_magic(f)
         np.lib.format.read_array_header_1_0(f)

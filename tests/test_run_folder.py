@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,8 @@ def epochs(run_dir: Path) -> list[int]:
 def test_a_finished_run_of_the_same_config_is_reported_again_and_options_go_anywhere(tmp_path, capsys):
     assert main([*args(tmp_path), "--no-progress"]) == 0
     before = snapshot(folder(tmp_path))
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder(tmp_path).iterdir()}
+    assert set(modes.values()) == {0o666 & ~_umask()}, modes  # every run file as open() makes it
     capsys.readouterr()
     # display and thread settings cannot change results: the same run; flags before or after overrides
     assert main(["train", "--no-progress", *args(tmp_path)[1:], "engine.cpu_threads=2", "--threads", "1"]) == 0
@@ -160,3 +163,9 @@ def test_nan_in_the_training_inputs_is_named_not_blamed_on_the_learning_rate(tmp
                                         r"training split; source rows 103, 117\), so the loss cannot be finite: fix or "
                                         r"drop those rows \(the learning rate is not the cause\)"):
         runner.run_config(cfg)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from ..eval.metrics import EvalResult
 from ..eval.report import format_mean_std, format_per_class, format_report, summarize_seeds
 from .checkpoint import load_checkpoint
-from .runner import Run
+from .runner import Run, load_weights
 from .stages import stage_kind
 
 
@@ -27,7 +27,7 @@ def evaluate_run(run_dir: Path, per_class: bool = False, split: str = "test") ->
     ctx = run._build()
     for index, stage in enumerate(config.stages[: checkpoint["stage"] + 1]):
         stage_kind(stage.kind).prepare(ctx, stage)
-    ctx.model.load_state_dict(checkpoint["model"])
+    load_weights(ctx.model, checkpoint["model"], run_dir / "checkpoint.pt")
     if split not in ctx.splits:
         raise ConfigError(f"the run has no {split} split (set data.val_per_class > 0 for a validation split)")
     result = run._evaluate(ctx, split)

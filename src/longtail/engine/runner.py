@@ -259,7 +259,7 @@ class Run:
                 continue  # finished before the interruption; its weights come with the checkpoint
             start_epoch = 0
             if resume is not None and index == resume["stage"]:
-                ctx.model.load_state_dict(resume["model"])
+                load_weights(ctx.model, resume["model"], self.run_dir / "checkpoint.pt")
                 for options, saved in zip(config.stages, resume["stage_options"]):
                     options.options.update(saved)
                 set_rng_state(resume["rng"])
@@ -345,7 +345,7 @@ class Run:
 
     def _load_weights(self, ctx: RunContext, path: str) -> None:
         state = load_checkpoint(path, map_location=self.runtime.device)
-        ctx.model.load_state_dict(state["model"])
+        load_weights(ctx.model, state["model"], path)
 
     def _evaluate(self, ctx: RunContext, split: str) -> EvalResult:
         inputs, labels = ctx.splits[split]
@@ -398,6 +398,16 @@ def _require_tensorboard() -> None:
             "engine.tensorboard: true needs the tensorboard package: pip install 'longtail[tensorboard]' "
             "(or set engine.tensorboard=false; metrics.jsonl has the same records)"
         ) from None
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path | str) -> None:
+    """``model.load_state_dict(state)``; weights of another architecture are a TrainingError naming the file."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TrainingError(f"the weights in {path} do not fit the model this config builds ({first_line(exc)}): "
+                            "they come from another model (encoder, head or code version); use weights of this "
+                            "model, or train again with --fresh or under a new name=") from None
 
 
 def non_finite_inputs(ctx: RunContext) -> DataError | None:
