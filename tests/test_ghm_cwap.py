@@ -512,3 +512,17 @@ def test_class_normalisation_in_the_batch_keeps_every_class_total_and_bounds_the
         assert (w[t == c] <= b).all()
     assert w[t == 0].std() > 0.1  # inside the class the hard and easy examples still differ
     assert w[-1].item() == pytest.approx(1.0)
+
+
+def test_decayed_window_remnants_keep_the_weights_finite():
+    """A region whose mass has decayed to a remnant (down to float32 denormals) is valued as one
+    example: without the guard v^-alpha overflows and the class's weights become inf / nan."""
+    loss = GHMCWAPLoss([4], num_regions=3, regions="ura", inter=False)
+    feed(loss, [0.5, 0.9], [0, 0], 2)
+    for _ in range(1000):  # b = 1 of n = 4: the other regions decay by 3/4 a step, into the denormals
+        feed(loss, [0.1], [0], 2)
+        if loss.hist[0, 2] < 1e-43:
+            break
+    assert 0 < loss.hist[0, 2] < 1e-43  # v^-0.9 of this overflows float32
+    assert torch.isfinite(loss.weight_table).all()
+    assert loss.weight_table.max() <= loss.hist.sum()  # at most the class's whole window

@@ -52,8 +52,10 @@ Choices (the paper is silent or ambiguous; every alternative is a named option):
    examples per equal region, so ``W = 1`` (category reading) and the first-epoch margins are
    ``gamma alpha log min(1, n_n / n_m)``; ``"ce"``: ``W = 1``, ``M = 0`` in the first epoch.
 7. **Guards.** AURA's ``d <- 1/log(max(v, aura_floor))`` (``aura_floor = e``) keeps widths finite
-   for ``v <= 1``; a sample in a region empty in the histogram is valued as one example
-   (``v = 1/(N d)``); ``S`` is clamped to at least 1 in the margins.
+   for ``v <= 1``; in ``W`` a region holding less than one example (empty, or a decayed remnant of
+   the window) is valued as one example (``v = 1/(N d)``; before the first epoch is counted, as the warm
+   start's ``n_c / N`` for a class of fewer than ``N`` examples), so ``v^-alpha`` stays finite and bounded; ``S`` is clamped to at
+   least 1 in the margins.
 8. **Scale** (``normalize_weights``): ``"none"`` uses ``W`` as it is (the default for the category
    reading, whose class means are already 1); ``"batch"`` divides by the batch mean (detached); the
    printed and global readings need it, their scale drifts with ``S``.
@@ -277,8 +279,9 @@ class GHMCWAPLoss(Loss):
 
     def _intra_weights(self, k: torch.Tensor, v: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         """``W_{c,i}`` from counts ``k`` and values ``v`` (choice 1); 1 for a class without counts."""
-        one_example = self._value(torch.ones_like(k), self.edges)
-        inverse = torch.where(k > 0, v, one_example).pow(-self.alpha)  # v^-alpha, empty: one example
+        warm = (self.class_counts / self.num_regions).clamp(max=1.0)[:, None]
+        floor = torch.where(self.started, torch.ones_like(warm), warm)  # guard 7
+        inverse = self._value(torch.maximum(k, floor), self.edges).pow(-self.alpha)  # v^-alpha
         total = k.sum(1, keepdim=True)
         if self.intra_weight == "category":
             weight = inverse / ((k * inverse).sum(1, keepdim=True) / total.clamp_min(1e-12))
