@@ -107,6 +107,17 @@ def small_afg(num_head=1, target="max", gamma=0.1):
     return AdaptiveFeatureGenerator(x, y, 3, head, target=target, tukey_lambda=0.5, k=2, gamma=gamma), x, y
 
 
+def test_min_items_fills_small_tail_classes_with_their_real_features():
+    afg, x, y = small_afg(num_head=1)  # counts 4 / 3 / 2, target 4: classes 1 and 2 generate
+    assert afg.tail_classes == [1, 2] and afg.num_generated == 1 + 2
+    small = AdaptiveFeatureGenerator(x, y, 3, glag_head_mask([4, 3, 2], "count", num_head=1), target="max",
+                                     tukey_lambda=0.5, k=2, gamma=0.1, min_items=3)
+    assert small.tail_classes == [1] and small.num_generated == 1
+    out = small.fill(torch.zeros(small.size, 2), torch.tensor([0.0, 0.6, 0.6]))
+    real = {tuple(r) for r in x[y == 2].tolist()}
+    assert all(tuple(r) in real for r in out[8:12].tolist())  # class 2's slots: its own features re-drawn
+
+
 def test_calibrated_statistics_match_a_hand_computed_case():
     afg, _, _ = small_afg()
     torch.testing.assert_close(afg.stats.means, torch.tensor([[1.0, 1.0], [5.0, 2.0], [2.0, 4.0]]))

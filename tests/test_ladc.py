@@ -129,6 +129,21 @@ def blobs(counts, dim=3, seed=0, scale=4.0):
     return centres[labels] + torch.randn(len(labels), dim, generator=g), labels
 
 
+def test_min_items_draws_the_real_items_of_small_tail_classes():
+    counts = [40, 20, 6, 2, 1]  # head = {0, 1}; tail 2 (6 items) calibrated, tails 3 and 4 fall back with min_items=3
+    feats, labels = blobs(counts)
+    torch.manual_seed(0)
+    sampler = LADCSampler(feats, labels, 5, LADCOptions(min_items=3))
+    x, y, generated = sampler.draw_epoch(4000)
+    assert sampler.record()["uncalibrated_tail_classes"] == [3, 4]
+    assert bool(generated[y == 2].all()) and not bool(generated[(y == 3) | (y == 4)].any())
+    real = {tuple(r) for r in feats[labels >= 3].tolist()}
+    assert all(tuple(r) in real for r in x[y >= 3].tolist())  # the small classes' own items, unchanged
+    assert LADCSampler(feats, labels, 5, LADCOptions()).record()["uncalibrated_tail_classes"] == []  # the paper
+    with pytest.raises(ConfigError, match="min_items"):
+        LADCOptions.from_options({"min_items": 0})
+
+
 def test_class_frequencies_follow_eq_13_and_head_draws_are_real_features():
     counts = [8, 4, 2, 1]  # head = {0, 1} (8 < 9 = 60% of 15 <= 12)
     feats, labels = blobs(counts)

@@ -49,7 +49,7 @@ METHODS = {
     "ladc_class_sampling": "LADC with Eq. 13 read literally (class i drawn ~ n_1/n_i^tau; ours reads it per post)",
     "iwb": "IWB+CB: wd 1.5e-3 CE classifier + CB loss and KL on the weight norms (lambda 0.15)",
     "wd_maxnorm_cb": "WD+MaxNorm+CB: wd 1.5e-3 CE classifier + CB loss, weight decay, per-class norm cap",
-    "glag": "GLAG: GraLoss classifier + AFG stage 2 (generated tail features, LWS, KD, beta on val)",
+    "glag": "GLAG: GraLoss classifier + AFG stage 2 (generated tail features, LWS-Plus, KD, beta on val)",
     "ghm_cwap": "GHM-CWAP loss (gradient harmonising inside each class on a per-step window, margins, AURA)",
     "ghm_cwap_epoch": "GHM-CWAP on the previous epoch's histograms (Algorithm 1's timing)",
     "ghm_cwap_global": "GHM-CWAP with W = S / v^alpha, one S for all classes (a class re-weighting; the default before issue 24)",

@@ -84,6 +84,17 @@ Decisions where the paper is silent or ambiguous (each a named option of ``glag_
   is drawn. CIFAR-10-LT (ResNet-32, D = 64): 10 x 5000 x 64, 13 MB; ImageNet-LT with ResNet-50
   (D = 2048, target 1280): about 10.5 GB; iNaturalist 2018 (8142 classes, target 1000) would need
   about 67 GB, so there an integer ``target`` (features per class per epoch) must cap it.
+* Small classes (``min_items``, default 1 = the paper: every tail class generates): a tail class
+  with fewer than ``min_items`` training items is filled by re-drawing its real features, as a head
+  class is. Kept at 1 on evidence (natural tail with one-item classes: the fallback lowered
+  macro-F1; benchmarks/results/ng_natural_tail_analysis.md). A tail class without validation items
+  (the hold-out lends none from classes under 5 items) cannot adapt its beta: it stays at
+  ``beta_init``, and ``classes_without_val`` (recorded, with a warning) names such classes.
+* The head: the paper's figure shows LWS (a per-class scale f_c on the stage-1 logit). A scale
+  cannot lift a class whose stage-1 logit lies below the others' almost everywhere, which is what a
+  class with one or two training items has after GraLoss; ``head: lws_plus`` (LADC's LWS-Plus,
+  f_c·z_c + g_c) adds the per-class bias that can. The text configs use it (measured there); the
+  image recipes keep the paper's LWS.
 * Tukey's lambda is not given by the paper (it cites Tukey's ladder of powers, as DC does):
   0.5, DC's value.
 * Measured effect of the readings on 20 Newsgroups-LT (configs/newsgroups_lt/glag.yaml, whose
@@ -153,6 +164,7 @@ DEFAULTS: dict[str, Any] = {
     "kd_temperature": 2.0,
     "kd_alpha": {"s": 1.0, "c": 2.0, "schedule": "convex", "inclusive_end": False},
     "chunk_elements": 1 << 26,
+    "min_items": 1,
 }
 # keys the stage writes into its options (results), plus the runner's own
 RECORDED = (
@@ -208,6 +220,9 @@ def _options(stage: StageConfig) -> dict[str, Any]:
         raise ConfigError(f"options.gamma (added variance) must be >= 0 (paper: 0 or 0.1), got {opts['gamma']}")
     if not 0.0 < float(opts["head_fraction"]) <= 1.0:
         raise ConfigError(f"options.head_fraction must be in (0, 1], got {opts['head_fraction']}")
+    if isinstance(opts["min_items"], bool) or not isinstance(opts["min_items"], int) or opts["min_items"] < 1:
+        raise ConfigError(f"options.min_items must be a whole number >= 1 (1: every tail class generates, the paper), "
+                          f"got {opts['min_items']!r}")
     if opts["head_split"] == "count" and not opts["num_head"]:
         raise ConfigError("options.head_split=count needs options.num_head (the number of head classes)")
     _check_generator_options(opts["target"], opts["dispersion"], opts["own_covariance"])
@@ -288,6 +303,7 @@ class AdaptiveFeatureGenerator:
         dispersion: str = "identity",
         own_covariance: str = "class",
         chunk_elements: int = 1 << 26,
+        min_items: int = 1,
     ):
         if features.dim() != 2 or labels.shape != (features.shape[0],):
             raise DataError(f"features must be [N, D] with labels [N], got {tuple(features.shape)} and {tuple(labels.shape)}")
@@ -320,7 +336,10 @@ class AdaptiveFeatureGenerator:
         self.class_index = list(torch.split(order, self.counts))  # real rows of each class
 
         T = self.target
-        self.tail_classes = [c for c in range(C) if not self.head_mask[c] and self.counts[c] < T]
+        # classes filled with generated features; a tail class of fewer than min_items items is
+        # filled by re-drawing its real features, as a head class is (the small-class fallback)
+        self.tail_classes = [c for c in range(C) if not self.head_mask[c] and min_items <= self.counts[c] < T]
+        self._generating = set(self.tail_classes)
         self.size = C * T
         self.labels = torch.arange(C, device=self.device).repeat_interleave(T)
         generated = torch.zeros(self.size, dtype=torch.bool)
@@ -391,7 +410,7 @@ class AdaptiveFeatureGenerator:
                 parts.append(idx[torch.randperm(n, generator=generator, device=self.device)[:T]])
                 continue
             parts.append(idx)
-            if n < T and self.head_mask[c]:
+            if n < T and c not in self._generating:
                 parts.append(idx[torch.randint(n, (T - n,), generator=generator, device=self.device)])
         return torch.cat(parts)
 
@@ -598,7 +617,7 @@ class GLAGAFGStage(StageKind):
         afg = AdaptiveFeatureGenerator(
             feats, labels, C, head_mask, target=opts["target"], tukey_lambda=opts["tukey_lambda"], k=opts["k"],
             gamma=opts["gamma"], dispersion=opts["dispersion"], own_covariance=opts["own_covariance"],
-            chunk_elements=opts["chunk_elements"],
+            chunk_elements=opts["chunk_elements"], min_items=opts["min_items"],
         )
         tail_mask = ~head_mask
         record = stage.options
