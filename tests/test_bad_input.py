@@ -133,7 +133,7 @@ CASES = [
          r"stage 'stage1': unknown loss 'cee' \(did you mean 'ce'\?\); valid names: "),
     # tracebacks instead of errors (all with --fresh: a bad input never costs the old run)
     Case("features and labels of different lengths", lambda ws: ["--fresh", f"data.train_file={ws / 'short_labels.npz'}"],
-         r"short_labels.npz: 54 feature rows but 53 labels values; give one labels value per feature row"),
+         r"short_labels.npz: 54 feature rows but 53 labels; give one label per feature row"),
     Case("empty CSV", lambda ws: ["--fresh", "data.dataset=text", f"data.train_file={ws / 'empty.csv'}",
                                   "data.split_column=split"],
          r"empty.csv: no training rows \(an empty file, a header line only, or no rows marked train\); add training rows"),
@@ -153,7 +153,7 @@ CASES = [
          r"nan.npz: 1 feature row\(s\) hold NaN or inf values \(0-based rows 5\); fix or drop those rows"),
     Case("a .npy whose pickle would run code", lambda ws: ["--fresh", f"data.train_file={ws / 'evil.npy'}"],
          r"evil.npy was refused: the file names (builtins|io).open, which is not a numpy array or a plain value; "
-         r"unpickling it could run code, so it is not loaded. save the arrays with np.savez"),
+         r"unpickling it could run code, so it is not loaded; save the arrays with np.savez"),
     Case("a .npz holding Python objects", lambda ws: ["--fresh", f"data.train_file={ws / 'evil.npz'}"],
          r"evil.npz holds arrays of Python objects \(.*\); longtail does not unpickle them \(that can run code\): "
          r"save the arrays with np.savez"),
@@ -163,8 +163,8 @@ CASES = [
          r"data.counts is used only with data.profile=explicit \(data.profile is 'exp'\): add data.profile=explicit, "
          r"or remove data.counts"),
     Case("init_from weights of another model", lambda ws: ["name=other", f"stages.0.options.init_from={ws / 'valid.pt'}"],
-         r"the weights in .*valid.pt do not fit the model this config builds \(RuntimeError: Error\(s\) in loading "
-         r"state_dict.*\): they come from another model \(encoder, head or code version\); use weights of this model"),
+         r"the weights in .*valid.pt do not fit the model this config builds \(Error\(s\) in loading state_dict for "
+         r"LTModel: Missing key\(s\) in state_dict: .*\): they come from another model \(encoder, head or code version\); use weights of this model"),
     Case("a valid checkpoint on a missing device", None, call=load_on_missing_device, expect=
          r"valid.pt is intact but cannot be loaded onto cuda:7 \(RuntimeError: .*\); run where that device exists, "
          r"or on another one \(e.g. engine.device=cpu\)"),

@@ -368,7 +368,7 @@ def _load_npy_dict(path: Path) -> dict:
         try:
             obj = safe_load(f, encoding="latin1")
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-            raise DataError(f"{path} was refused: {exc}. {SAVE_FEATURES}") from None
+            raise DataError(f"{path} was refused: {exc}; {SAVE_FEATURES}") from None
     obj = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
     if not isinstance(obj, dict):
         raise DataError(f"{path}: a .npy must hold a dict of features, labels[, split]; {SAVE_FEATURES}")
@@ -387,10 +387,10 @@ def build_features_dataset(config) -> LongTailedDataset:
         if x.ndim != 2:
             raise DataError(f"{path}: features have shape {x.shape}; expected [N, D]")
         y, split = np.asarray(arr["labels"]), arr.get("split")
-        for key, values in (("labels", y), ("split", split)):
+        for what, values in (("label", y), ("split value", split)):
             if values is not None and len(values) != len(x):
-                raise DataError(f"{path}: {len(x)} feature rows but {len(values)} {key} values; give one {key} value "
-                                "per feature row")
+                raise DataError(f"{path}: {len(x)} feature rows but {len(values)} {what}s; give one {what} per "
+                                "feature row")
         bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
         if bad.size:
             rows = ", ".join(map(str, bad[:10])) + (f" and {bad.size - 10} more" if bad.size > 10 else "")

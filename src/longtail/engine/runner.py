@@ -405,7 +405,9 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path | str
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise TrainingError(f"the weights in {path} do not fit the model this config builds ({first_line(exc)}): "
+        cause = " ".join(str(exc).split())
+        cause = cause if len(cause) <= 300 else cause[:299] + "…"
+        raise TrainingError(f"the weights in {path} do not fit the model this config builds ({cause}): "
                             "they come from another model (encoder, head or code version); use weights of this "
                             "model, or train again with --fresh or under a new name=") from None
 
