@@ -56,9 +56,14 @@ Choices (the paper is silent or ambiguous; every alternative is a named option):
    the window) is valued as one example (``v = 1/(N d)``; before the first epoch is counted, as the warm
    start's ``n_c / N`` for a class of fewer than ``N`` examples), so ``v^-alpha`` stays finite and bounded; ``S`` is clamped to at
    least 1 in the margins.
-8. **Scale** (``normalize_weights``): ``"none"`` uses ``W`` as it is (the default for the category
-   reading, whose class means are already 1); ``"batch"`` divides by the batch mean (detached); the
-   printed and global readings need it, their scale drifts with ``S``.
+8. **Scale** (``normalize_weights``): ``"class"`` (the default for the category reading) divides
+   each class's weights in the batch by their mean over the class's examples in that batch, GHM-C's
+   division by the valid total and the non-empty regions computed on the batch: every class keeps
+   its count in every batch as its total weight, a lone example weighs 1 and no weight exceeds the
+   class's examples in the batch (the window estimates the density, the batch normalises it).
+   ``"none"`` uses ``W`` as it is (class means 1 over the window only: a hard example of a large
+   class can weigh hundreds); ``"batch"`` divides by the batch mean (the default for the printed and
+   global readings, whose scale drifts with ``S``).
 9. **Cap** (``max_weight``, ours, off by default): category weights above the cap are clipped and
    the class renormalised to mean 1.
 
@@ -154,8 +159,8 @@ class GHMCWAPLoss(Loss):
         intra_weight: ``"category"`` (class mean 1; default), ``"printed"`` or ``"global"`` (choice 1).
         histogram: ``"window"`` (moving average over steps; default) or ``"epoch"`` (choice 2).
         warm_start: first-epoch histogram, ``"uniform"`` or ``"ce"`` (choice 6).
-        normalize_weights: ``"auto"`` (none for the category reading, batch otherwise),
-            ``"batch"``/``True`` or ``"none"``/``False`` (choice 8).
+        normalize_weights: ``"auto"`` (class for the category reading, batch otherwise),
+            ``"class"``, ``"batch"``/``True`` or ``"none"``/``False`` (choice 8).
         max_weight: cap on the category weights (ours; ``None`` = off, choice 9).
         grad_norm: ``"plain"`` or ``"adjusted"`` (choice 3).
         aura_floor: the guard of ``d <- 1/log(max(v, aura_floor))``; must be > 1 (default ``e``).
@@ -219,7 +224,7 @@ class GHMCWAPLoss(Loss):
             )
         normalize = _NORMALIZE[normalize_weights]
         if normalize == "auto":
-            normalize = "none" if intra_weight == "category" else "batch"
+            normalize = "class" if intra_weight == "category" else "batch"
 
         self.num_classes = int(counts.numel())
         self.num_regions = int(num_regions)
