@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import longtail.engine.runner as runner
 from longtail.cli import main
-from longtail.config import load_config
+from longtail.config import config_changes, config_fingerprint, load_config, read_run_config, to_dict
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.trainer import StageTrainer
 from longtail.data.dataset import ArraySplit
@@ -169,3 +170,19 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_the_fingerprint_ignores_only_settings_that_cannot_change_results(tmp_path):
+    base = load_config(mapping={"method": "ldam_drw"}, overrides=["epoch_scale=0.5"])
+    same = load_config(mapping={"method": "ldam_drw"}, overrides=[
+        "epoch_scale=0.5", "name=x", "output_dir=elsewhere", "data.cache_dir=c", "engine.progress=false",
+        "engine.tensorboard=true", "engine.cpu_threads=3", "engine.checkpoint_every=7"])
+    assert config_fingerprint(same) == config_fingerprint(base) and config_changes(base, same) == []
+    for override in ("seed=1", "stages.0.loss.max_m=0.4", "engine.amp=off", "eval.select=last", "data.root=/d"):
+        other = load_config(mapping={"method": "ldam_drw"}, overrides=["epoch_scale=0.5", override])
+        assert (config_fingerprint(other) != config_fingerprint(base)) == bool(config_changes(base, other)), override
+    assert config_changes(base, load_config(mapping={"method": "ldam_drw"}, overrides=["epoch_scale=0.5", "seed=1"])) \
+        == ["seed: 0 -> 1"]
+    # the recorded config.yaml reads back as it was: no recipe, base file or epoch scale applied again
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(base), sort_keys=False))
+    assert config_fingerprint(read_run_config(tmp_path / "config.yaml")) == config_fingerprint(base)

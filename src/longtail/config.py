@@ -249,10 +249,11 @@ def to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-# Keys that cannot change a run's results: where the run folder is, and display / thread / checkpoint
-# cadence settings (a resumed run is bit-identical to an uninterrupted one).
+# Keys that cannot change a run's results: where the run folder and the embedding cache are, and
+# display / thread / checkpoint-cadence settings (a resumed run is bit-identical to an uninterrupted one).
 RESULT_NEUTRAL_KEYS = frozenset({
-    "name", "output_dir", "engine.progress", "engine.tensorboard", "engine.cpu_threads", "engine.checkpoint_every",
+    "name", "output_dir", "data.cache_dir", "engine.progress", "engine.tensorboard", "engine.cpu_threads",
+    "engine.checkpoint_every",
 })
 
 
