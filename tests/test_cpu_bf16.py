@@ -33,9 +33,10 @@ def test_bench_speed_cpu_times_the_variants_side_by_side(tmp_path):
 
     out = tmp_path / "speed_cpu.json"
     assert main(["--cpu", "--models", "resnet8", "--variants", "fp32", "bf16", "--steps", "1", "--rounds", "2",
-                 "--batch-size", "8", "--output", str(out)]) == 0
+                 "--batch-size", "8", "--stack", "2", "--output", str(out)]) == 0
     record = json.loads(out.read_text())
     rows = record["models"]["resnet8"]
-    assert set(rows) == {"fp32", "bf16"} and rows["fp32"]["ratio_to_fp32"] == 1.0
+    assert set(rows) == {"fp32", "bf16", "stacked2"} and rows["fp32"]["ratio_to_fp32"] == 1.0
+    assert rows["bf16"]["ratio_to_bf16"] == 1.0
     assert all(len(row["rounds"]) == 2 and row["images_per_second"] > 0 for row in rows.values())
     assert record["commit"] and "cpu" in record["device"]
