@@ -81,7 +81,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownNameError
 from .base import LOSSES, Loss, counts_tensor
 
 _REGIONS = ("aura", "ura")
@@ -124,7 +124,7 @@ def ghm_cwap_variant(name: str) -> dict[str, Any]:
     if key not in _VARIANTS:
         from ..registry import closest
 
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown GHM-CWAP variant {name!r}{closest(key, _VARIANTS)}; "
             f"valid names: {', '.join(_VARIANTS)}"
         )
