@@ -348,3 +348,22 @@ def test_natural_tail_keeps_natural_counts_and_a_zipf_tail_down_to_one(tmp_path)
     assert sorted(want.tolist())[:2] == [1, 2]
     assert [train.count(g) for g in ("a.big", "b.small", "c.tie")] == want.tolist()
     assert sum(r["split"] == "test" for r in rows) == 9 and not any("From:" in r["text"] for r in rows)  # cleaned
+
+
+@pytest.mark.parametrize("name, base, key, value", [
+    ("glag_lws", "glag", "head", "lws"),
+    ("glag_min_items5", "glag", "min_items", 5),
+    ("ladc_min_items5", "ladc", "min_items", 5),
+])
+def test_ablation_configs_change_one_thing(name, base, key, value):
+    """configs/newsgroups_lt_ablations (issue 25): each row is its base config with one setting changed."""
+    ablation = load_config(REPO / "configs" / "newsgroups_lt_ablations" / f"{name}.yaml")
+    reference = load_config(TEXT_CONFIGS / f"{base}.yaml")
+    got = ablation.stages[1].head if key == "head" else ablation.stages[1].options[key]
+    assert got == value and ablation.name == f"newsgroups_lt_{name}"
+    if key == "head":
+        ablation.stages[1].head = reference.stages[1].head
+    else:
+        del ablation.stages[1].options[key]
+    ablation.name = reference.name
+    assert ablation == reference
