@@ -192,4 +192,17 @@ def test_a_loss_that_reads_features_refuses_mixing_before_stage_one(tmp_path):
 
 @pytest.mark.parametrize("method, extra", [("ldam", "model.head=linear"), ("ldam_drw", "model.head=linear")])
 def test_ldam_on_a_head_other_than_cosine_fails_before_stage_one(tmp_path, method, extra):
-    fails_before_stage_one(tmp_path, method, extra, match="LDAM scales normalised-cosine logits.*head: cosine")
+    fails_before_stage_one(tmp_path, method, extra, match="is defined on the cosine head; use head: cosine")
+
+
+def test_a_new_loss_declares_its_head_and_the_engine_checks_it(tmp_path, monkeypatch):
+    """A loss's head requirement is a class attribute the pre-flight reads: no engine change."""
+    from longtail.losses import LOSSES
+    from longtail.losses.ce import CrossEntropyLoss
+
+    class OnLWSOnly(CrossEntropyLoss):
+        requires_head = "lws"
+
+    monkeypatch.setitem(LOSSES._items, "ce_on_lws", OnLWSOnly)
+    fails_before_stage_one(tmp_path, "ce", "stages.0.loss={name: ce_on_lws}",
+                           match="'ce_on_lws' is defined on the lws head; use head: lws")

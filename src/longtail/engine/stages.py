@@ -154,8 +154,9 @@ def check_head_fits(ctx: RunContext, stage: StageConfig) -> None:
 
     * ``max_norm`` on a head other than a linear one: MaxNorm caps the rows of ``fc.weight`` in
       place, and other heads' ``class_weight()`` is a fresh tensor (the cap would do nothing);
-    * LDAM (also as DRW's base) on a head other than the normalised-cosine one: its scale s = 30
-      is meant for cosine logits in [-1, 1] (Cao et al.), and would multiply raw logits."""
+    * a loss on a head other than the one it is defined on (``Loss.head_required_by``): LDAM, also
+      as DRW's base, needs the normalised-cosine head, its scale s = 30 being meant for cosine
+      logits in [-1, 1] (Cao et al.), and would multiply raw logits."""
     kind = stage_head_kind(ctx, stage)
     if stage.max_norm is not None and not issubclass(HEADS.get(kind), LinearHead):
         raise ConfigError(
@@ -163,9 +164,10 @@ def check_head_fits(ctx: RunContext, stage: StageConfig) -> None:
             f"(the stage's head is {kind!r}), or remove max_norm"
         )
     loss = stage.loss.get("name")
-    if (loss == "ldam" or (loss == "drw" and stage.loss.get("base", "ldam") == "ldam")) and kind != "cosine":
+    required = LOSSES.get(loss).head_required_by(stage.loss) if loss else None
+    if required is not None and kind != required:
         raise ConfigError(
-            f"stage {stage.name!r}: LDAM scales normalised-cosine logits by s; use head: cosine "
+            f"stage {stage.name!r}: loss {loss!r} is defined on the {required} head; use head: {required} "
             f"(the stage's head is {kind!r})"
         )
 

@@ -34,6 +34,13 @@ class Loss(nn.Module):
     """
 
     uses_features: bool = False
+    requires_head: str | None = None  # the head kind the loss is defined on (e.g. "cosine" for LDAM)
+
+    @classmethod
+    def head_required_by(cls, options: Mapping[str, Any]) -> str | None:
+        """The head kind a loss built with ``options`` needs (None: any head). A loss that wraps a
+        base loss overrides this to ask the base."""
+        return cls.requires_head
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

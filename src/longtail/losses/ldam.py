@@ -33,6 +33,8 @@ class LDAMLoss(Loss):
     (:class:`longtail.losses.reweighting.DeferredReweighting`, ``base="ldam"``).
     """
 
+    requires_head = "cosine"  # s scales normalised-cosine logits in [-1, 1] (Cao et al.)
+
     def __init__(self, class_counts, max_m: float = 0.5, s: float = 30.0):
         super().__init__()
         self.max_m = check_range("max_m", max_m, 0.0, float("inf"))

@@ -40,6 +40,12 @@ class DeferredReweighting(Loss):
     :meth:`on_epoch_start`, which also forwards the call to the base loss.
     """
 
+    @classmethod
+    def head_required_by(cls, options) -> str | None:
+        """The base loss's head requirement (LDAM-DRW: the cosine head)."""
+        base = options.get("base", "ldam")
+        return LOSSES.get(base).head_required_by(options) if isinstance(base, str) else base.requires_head
+
     def __init__(self, class_counts, base: str | Loss = "ldam", start_epoch: int = 160,
                  beta: float = 0.9999, normalize: str = "weights", **base_options: Any):
         super().__init__()
