@@ -26,7 +26,8 @@ from longtail.config import load_config
 from longtail.data.gpu_augment import Normalize
 from longtail.engine.stacked import StackedRun, group_for_stacking, stack_refusal
 from longtail.models.factory import ENCODERS
-from longtail.models.stacked import stack_encoders
+from longtail.errors import ConfigError
+from longtail.models.stacked import StackedEncoder, stack_encoders
 
 from .test_engine import tiny_dataset
 
@@ -138,6 +139,22 @@ def test_grouping_stacks_compatible_runs_and_says_why_the_rest_run_alone(tmp_pat
     assert "no compatible run" in alone[2] and "no compatible run" in alone[3]
     assert "not stackable" in alone[4]
     assert "kind 'glag" in stack_refusal(load_config(mapping={"method": "glag", "name": "glag"}))
+
+
+@pytest.mark.parametrize("dataset", ["text", "features", "newsgroups"])
+def test_feature_datasets_run_alone_with_the_reason(tmp_path, dataset):
+    """Feature vectors train an identity encoder whatever model.encoder says: refused by structure
+    (the config's dataset kind, and at set-up an encoder without weights), never a bare StopIteration."""
+    from longtail.models.factory import build_model
+    from longtail.models.stacked import stack_refusal as encoder_refusal
+
+    configs = [config(tmp_path, "ce", s, f"data.dataset={dataset}") for s in (0, 1)]
+    stacks, alone = group_for_stacking(configs, 2)
+    assert stacks == [] and all("feature vectors" in alone[i] for i in (0, 1))
+    identity = build_model("identity", num_classes=3, in_dim=4).encoder
+    assert "no weights" in encoder_refusal(identity)
+    with pytest.raises(ConfigError, match="no weights"):
+        StackedEncoder([identity, identity])
 
 
 def test_stacked_encoder_is_k_independent_encoders():

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from .files import FileDataset
 
 DATASETS = ("digits", "cifar10", "cifar100", "newsgroups", "text", "features", "prepared", "splitfile", "folder")
+FEATURE_DATASETS = ("newsgroups", "text", "features")
+"""Datasets whose items are feature vectors: the run's encoder is the identity, whatever model.encoder says."""
 
 
 def load_dataset(config: DataConfig) -> LongTailedDataset | FileDataset:

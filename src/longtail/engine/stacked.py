@@ -56,6 +56,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, StageConfig, to_dict
+from ..data.factory import FEATURE_DATASETS
 from ..data.mixing import mixed_loss
 from ..data.sampling import build_sampler
 from ..errors import ConfigError, TrainingError
@@ -68,7 +69,7 @@ from .runner import Run
 from .schedules import factor_table
 from .sources import DeviceSource
 from .stages import RunContext, SupervisedStage, _augment, _mixer, build_stage_loss, stage_kind
-from .trainer import build_param_groups
+from .trainer import DEFAULT_DIVERGENCE_FACTOR, build_param_groups
 
 STACKABLE_ENCODERS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet32x8",
@@ -100,8 +101,8 @@ def stack_refusal(config: RunConfig) -> str:
         return f"encoder {config.model.encoder!r} is not stackable (stackable: {', '.join(STACKABLE_ENCODERS)})"
     if config.data.dataset in STREAMED_DATASETS:
         return f"data.dataset {config.data.dataset!r} streams its images from disk"
-    if config.data.dataset == "newsgroups":
-        return "text features train an identity encoder (nothing to stack)"
+    if config.data.dataset in FEATURE_DATASETS:
+        return f"data.dataset {config.data.dataset!r} gives feature vectors: the encoder is the identity (nothing to stack)"
     for index, stage in enumerate(config.stages):
         kind = _kind_class(stage.kind)
         if kind is None:
@@ -275,7 +276,7 @@ class StackedTrainer:
     per epoch) for K members at once; metrics come back per member."""
 
     def __init__(self, plan: StackedPlan, runtime: Runtime, progress: bool = True,
-                 divergence_factor: float | None = 20.0, stage_index: int | None = None):
+                 divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR, stage_index: int | None = None):
         self.plan, self.runtime, self.progress = plan, runtime, progress
         members = plan.members
         self.k = len(members)
@@ -641,7 +642,7 @@ class StackedRun:
                                stages[0].schedule, stages[0].iterations)
             plan.compiled = whole and runtime.compile
             trainer = StackedTrainer(plan, runtime, progress=runs[0].config.engine.progress,
-                                     divergence_factor=getattr(runs[0].config.engine, "divergence_factor", 20.0),
+                                     divergence_factor=runs[0].config.engine.divergence_factor,
                                      stage_index=index)
 
             def sync() -> None:

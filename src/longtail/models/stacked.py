@@ -58,6 +58,8 @@ class StackedShortcutA(nn.Module):
 
 def stack_refusal(encoder: nn.Module) -> str:
     """Why ``encoder`` cannot be stacked ('' when it can)."""
+    if next(encoder.parameters(), None) is None:
+        return "the encoder has no weights (e.g. the identity on feature vectors): there is nothing to stack"
     for name, module in encoder.named_modules():
         if not isinstance(module, STACKABLE):
             return (f"encoder module {name or '(root)'} is a {type(module).__name__}, which stacking does not know "
