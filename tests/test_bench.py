@@ -42,6 +42,15 @@ def test_decoupled_methods_share_the_stage1_of_the_single_stage_method(spec_file
     assert by[("crt", 0)].shared_stage1 is not by[("ce", 1)]
 
 
+def test_a_part_without_the_provider_reuses_its_run_instead_of_a_copy(spec_file):
+    """A part that runs crt alone plans ce's run as its stage 1 (skipped when another part already
+    finished it), not a stage1_<key> copy that would train the same stage 1 again."""
+    spec = reproduce.load_spec(spec_file)
+    jobs = reproduce.plan_jobs(spec, spec_file.parent / "runs", methods=["crt"], seeds=[1])
+    assert [(j.method, j.seed) for j in jobs] == [("ce", 1), ("crt", 1)]
+    assert jobs[1].shared_stage1 is jobs[0]
+
+
 def test_runs_on_one_prepared_file_share_stage1_whatever_their_other_data_fields():
     """With data.prepared the file is the dataset: a recipe's own data fields (e.g. tau_norm_val's
     val_per_class) cannot change stage 1, so it is shared; without a file they can, so it is not."""

@@ -79,15 +79,17 @@ def load_spec(path: Path) -> dict[str, Any]:
 
 def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, seeds=None, extra=()) -> list[Job]:
     """All jobs of the (filtered) matrix, with shared stage-1 runs attached. Overrides apply in the
-    order: the spec's, ``extra`` (``--set``, every run), the method's own."""
-    jobs, providers = [], {}
+    order: the spec's, ``extra`` (``--set``, every run), the method's own.
+
+    Stage-1 providers are found in the whole spec, whatever ``methods`` keeps: a part that runs
+    ``crt`` alone reuses the stage 1 of the ``ce`` run of the same spec (trained, or skipped when
+    another part already finished it) instead of training a copy of its own."""
+    jobs = []
     for factor, data in spec["data"].items():
         factor = float(factor)
         if factors and factor not in factors:
             continue
         for method, entry in spec["methods"].items():
-            if methods and method not in methods:
-                continue
             # a method is a config path, or {config: path, overrides: [key=value, ...]}
             config_path, method_overrides = (entry, []) if isinstance(entry, str) else (entry["config"], entry.get("overrides", []))
             for seed in spec["seeds"] if seeds is None else seeds:
@@ -95,12 +97,13 @@ def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, 
                     f"seed={seed}", f"name={method}", f"output_dir={runs_dir / spec['name'] / f'if{factor:g}'}",
                     "engine.progress=false",
                 ] + list(spec.get("overrides", [])) + list(extra) + list(method_overrides)
-                config = load_config(Path(config_path), overrides)
-                jobs.append(Job(method, factor, seed, config))
+                jobs.append(Job(method, factor, seed, load_config(Path(config_path), overrides)))
+    providers: dict[str, Job] = {}
     for job in jobs:  # single-stage runs provide their stage 1 to decoupled methods
         if len(job.config.stages) == 1:
             providers.setdefault(_stage1_key(job.config), job)
-    for job in jobs:
+    kept = [job for job in jobs if not methods or job.method in methods]
+    for job in kept:
         if len(job.config.stages) > 1 and not job.config.stages[0].options.get("init_from"):
             key = _stage1_key(job.config)
             if key not in providers:
@@ -109,8 +112,8 @@ def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, 
                 provider_config.name = f"stage1_{key}"
                 providers[key] = Job(f"stage1_{key}", job.imbalance_factor, job.seed, provider_config)
             job.shared_stage1 = providers[key]
-    extra = [p for p in providers.values() if p not in jobs and any(j.shared_stage1 is p for j in jobs)]
-    return extra + jobs
+    needed = [p for p in providers.values() if p not in kept and any(j.shared_stage1 is p for j in kept)]
+    return needed + kept
 
 
 def _attach_stage1(job: Job) -> RunConfig:
@@ -214,7 +217,7 @@ def aggregate(spec: dict[str, Any], jobs: list[Job], command: str) -> list[dict[
     """One JSON cell per (imbalance factor, method) over its seeds."""
     cells: dict[tuple[float, str], list[Job]] = {}
     for job in jobs:
-        if job.method.startswith("stage1_"):
+        if job.method not in spec["methods"]:  # a stage1_<key> provider is no cell
             continue
         cells.setdefault((job.imbalance_factor, job.method), []).append(job)
     out = []
