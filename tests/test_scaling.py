@@ -8,7 +8,7 @@ import yaml
 
 from longtail.config import load_config, to_dict
 from longtail.errors import ConfigError
-from longtail.scaling import NOT_EPOCH_VALUED, STAGE_EPOCH_KEYS
+from longtail.scaling import NOT_EPOCH_VALUED, STAGE_EPOCH_KEYS, declared_epoch_keys
 
 RECIPES = sorted(p.name[:-5] for p in resources.files("longtail.recipes").iterdir() if p.name.endswith(".yaml"))
 
@@ -45,12 +45,32 @@ def _epoch_like_keys(node, out: set[str]) -> set[str]:
 
 
 def test_every_epoch_named_key_of_the_recipes_is_declared():
-    """A recipe key that holds epochs under a new name must be added to STAGE_EPOCH_KEYS (or be
-    declared not epoch-valued), or the scaling would silently leave it at its 200-epoch value."""
+    """A recipe key that holds epochs must be declared where it is defined (the stage's fields, the
+    loss's epoch_params_of, the sampler's epoch_params, the stage kind's epoch_options), or be
+    declared not epoch-valued; otherwise the scaling would leave it at its 200-epoch value."""
     for name in RECIPES:
-        stages = to_dict(load_config(mapping={"method": name}))["stages"]
-        keys = _epoch_like_keys(stages, set())
-        assert keys <= set(STAGE_EPOCH_KEYS) | NOT_EPOCH_VALUED, (name, keys)
+        for stage in load_config(mapping={"method": name}).stages:
+            declared = declared_epoch_keys(stage)
+            for where in ("loss", "sampler", "options"):
+                keys = _epoch_like_keys(getattr(stage, where), set())
+                assert keys <= set(declared[where]) | NOT_EPOCH_VALUED, (name, where, keys)
+            fields = _epoch_like_keys({k: v for k, v in to_dict(stage).items() if k not in ("loss", "sampler", "options")}, set())
+            assert fields <= set(STAGE_EPOCH_KEYS) | NOT_EPOCH_VALUED, (name, fields)
+
+
+def test_a_new_loss_declares_its_epoch_parameter_and_is_scaled(monkeypatch):
+    """Scaling reads the loss class's declaration: a new loss with an epoch-valued option needs no
+    change to scaling.py, and an undeclared option is left alone."""
+    from longtail.losses import LOSSES
+    from longtail.losses.ce import CrossEntropyLoss
+
+    class Warming(CrossEntropyLoss):
+        epoch_params = ("ramp_until",)
+
+    monkeypatch.setitem(LOSSES._items, "warming_ce", Warming)
+    stage = load_config(mapping={"method": "ce"}, overrides=[
+        "stages.0.loss={name: warming_ce, ramp_until: 100, other: 100}", "epoch_scale=0.1"]).stages[0]
+    assert stage.loss == {"name": "warming_ce", "ramp_until": 10, "other": 100}
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -36,9 +36,8 @@ STAGE_EPOCH_KEYS = {
     "iterations": 1,  # a stage given in steps instead (0: unset)
     "warmup_epochs": 0,  # linear warm-up of the schedule
     "milestones": 1,  # multistep decays (a list; kept inside 1 .. epochs - 1)
-    "start_epoch": 0,  # DRW's re-weighting switch, DRS's re-sampling switch (loss / sampler)
 }
-"""Epoch-valued keys inside a stage, with the least value a non-zero entry may be scaled to."""
+"""Epoch-valued fields of a stage and its schedule, with the least value a non-zero entry may be scaled to."""
 
 NOT_EPOCH_VALUED = {"resample_each_epoch"}
 """Stage keys whose names mention epochs but hold no epoch count (a switch)."""
@@ -50,19 +49,35 @@ def _scale(value: int, factor: float, least: int) -> int:
     return max(least, math.floor(value * factor + 0.5))
 
 
-def _walk(node: Any, factor: float) -> Any:
-    """``node`` (a loss, sampler or options mapping, or anything inside one) with its epoch-valued keys scaled."""
-    if isinstance(node, list):
-        return [_walk(item, factor) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {}
-    for key, value in node.items():
-        if key in STAGE_EPOCH_KEYS and isinstance(value, int) and not isinstance(value, bool):
-            out[key] = _scale(value, factor, STAGE_EPOCH_KEYS[key])
-        else:
-            out[key] = _walk(value, factor)
+def _scale_keys(mapping: dict[str, Any] | None, keys: tuple[str, ...], factor: float) -> dict[str, Any] | None:
+    """``mapping`` with the integer values of ``keys`` scaled (a list of them item by item)."""
+    if not mapping:
+        return mapping
+    out = dict(mapping)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, list):
+            out[key] = [_scale(v, factor, 0) for v in value]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out[key] = _scale(value, factor, 0)
     return out
+
+
+def declared_epoch_keys(stage: StageConfig) -> dict[str, tuple[str, ...]]:
+    """The epoch-valued keys each mapping of ``stage`` declares: ``{"loss": ..., "sampler": ...,
+    "options": ...}`` (an unknown name declares none; validation reports it later)."""
+    from .data.sampling import SAMPLERS
+    from .engine.stages import STAGE_KINDS
+    from .losses import LOSSES
+
+    def declared(registry, name, read):
+        return read(registry.get(name)) if isinstance(name, str) and name in registry else ()
+
+    return {
+        "loss": declared(LOSSES, stage.loss.get("name"), lambda cls: cls.epoch_params_of(stage.loss)),
+        "sampler": declared(SAMPLERS, stage.sampler.get("name"), lambda cls: cls.epoch_params),
+        "options": declared(STAGE_KINDS, stage.kind, lambda cls: cls.epoch_options),
+    }
 
 
 def scale_stage(stage: StageConfig, factor: float) -> None:
@@ -75,10 +90,10 @@ def scale_stage(stage: StageConfig, factor: float) -> None:
     milestones = {_scale(m, factor, STAGE_EPOCH_KEYS["milestones"]) for m in schedule.milestones}
     kept = milestones if stage.iterations else {min(m, stage.epochs - 1) for m in milestones}
     schedule.milestones = sorted(m for m in kept if m > 0)
-    stage.loss, stage.sampler, stage.options = (_walk(stage.loss, factor), _walk(stage.sampler, factor),
-                                                _walk(stage.options, factor))
-    if stage.mixing is not None:
-        stage.mixing = _walk(stage.mixing, factor)
+    keys = declared_epoch_keys(stage)
+    stage.loss = _scale_keys(stage.loss, keys["loss"], factor)
+    stage.sampler = _scale_keys(stage.sampler, keys["sampler"], factor)
+    stage.options = _scale_keys(stage.options, keys["options"], factor)
 
 
 def apply_epoch_scale(config: RunConfig) -> None:

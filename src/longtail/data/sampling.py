@@ -62,6 +62,7 @@ class SamplingStrategy:
     """
 
     without_replacement: bool = False
+    epoch_params: tuple[str, ...] = ()  # constructor options that hold epochs (epoch_scale moves them)
 
     def class_probabilities(
         self, class_counts: np.ndarray, epoch: int = 0, total_epochs: int = 1
@@ -178,6 +179,8 @@ class DeferredResampling(SamplingStrategy):
     """Deferred re-sampling, DRS (Cao et al. 2019, Sec. 3.3): plain instance sampling (a
     permutation) for epochs ``< start_epoch``, then class-balanced sampling. The paper's
     CIFAR schedule defers to epoch 160 of 200."""
+
+    epoch_params = ("start_epoch",)
 
     def __init__(self, *, start_epoch: int = 160):
         if start_epoch < 0:

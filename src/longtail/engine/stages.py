@@ -93,6 +93,7 @@ class StageKind:
     """
 
     trains: bool = True
+    epoch_options: tuple[str, ...] = ()  # keys of ``stage.options`` that hold epochs (epoch_scale moves them)
 
     def check(self, ctx: RunContext, stage: StageConfig) -> None:
         """Raise a ConfigError naming the fix if the stage cannot run on this run's data.

@@ -35,6 +35,12 @@ class Loss(nn.Module):
 
     uses_features: bool = False
     requires_head: str | None = None  # the head kind the loss is defined on (e.g. "cosine" for LDAM)
+    epoch_params: tuple[str, ...] = ()  # constructor options that hold epochs (epoch_scale moves them)
+
+    @classmethod
+    def epoch_params_of(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The options of a loss built with ``options`` that hold epochs; a wrapper adds its base's."""
+        return cls.epoch_params
 
     @classmethod
     def head_required_by(cls, options: Mapping[str, Any]) -> str | None:

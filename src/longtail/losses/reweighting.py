@@ -40,6 +40,14 @@ class DeferredReweighting(Loss):
     :meth:`on_epoch_start`, which also forwards the call to the base loss.
     """
 
+    epoch_params = ("start_epoch",)
+
+    @classmethod
+    def epoch_params_of(cls, options) -> tuple[str, ...]:
+        """``start_epoch`` and the base loss's epoch-valued options (they share the mapping)."""
+        base = options.get("base", "ldam")
+        return cls.epoch_params + (LOSSES.get(base).epoch_params_of(options) if isinstance(base, str) else ())
+
     @classmethod
     def head_required_by(cls, options) -> str | None:
         """The base loss's head requirement (LDAM-DRW: the cosine head)."""
