@@ -28,8 +28,9 @@ def _auto(value: str | bool, default: bool, where: str) -> bool:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX): there ``engine.amp=bf16``
-    runs the forward and backward under bf16 autocast (~2x fp32 for a CIFAR ResNet on one core);
-    elsewhere autocast would emulate bf16 and be slower, so such a CPU trains in fp32."""
+    runs the forward and backward under bf16 autocast (measured against fp32 by ``longtail bench speed
+    --cpu``, benchmarks/results/speed_cpu.json); elsewhere autocast would emulate bf16 and be slower,
+    so such a CPU trains in fp32."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
