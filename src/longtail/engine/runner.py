@@ -45,6 +45,7 @@ import yaml
 
 from ..atomic import atomic_write_text, make_folder, move_aside, remove_stale_temporaries
 from ..config import RunConfig, config_changes, config_fingerprint, read_run_config, to_dict
+from ..data.dataset import LongTailedDataset
 from ..data.factory import load_dataset
 from ..data.files import FileDataset, FileSplit
 from ..errors import ConfigError, DataError, StorageError, TrainingError, first_line
@@ -115,9 +116,11 @@ def _to_device(dataset, device: torch.device) -> dict[str, tuple[torch.Tensor | 
 class Run:
     """One run of a config; ``execute()`` trains every stage and returns the results dict."""
 
-    def __init__(self, config: RunConfig, command: str | None = None, fresh: bool = False):
+    def __init__(self, config: RunConfig, command: str | None = None, fresh: bool = False,
+                 dataset: LongTailedDataset | FileDataset | None = None):
         self.config = config
         self.command = command
+        self.dataset = dataset  # a dataset built in Python (your own data) instead of config.data
         self.run_dir = run_dir_of(config)
         self.runtime = Runtime.resolve(config.engine)
         self.writes = self.runtime.world.main  # under data parallelism rank 0 alone writes the run folder
@@ -163,7 +166,7 @@ class Run:
     def _build(self) -> RunContext:
         """Data, model and device splits; writes nothing (inspection uses it too)."""
         config = self.config
-        dataset = load_dataset(config.data)
+        dataset = self.dataset if self.dataset is not None else load_dataset(config.data)
         with DEVICE_RNG_LOCK:  # seeding and initialisation stay deterministic under concurrency
             seed_everything(config.seed)
             model = self._build_model(dataset)
@@ -474,9 +477,12 @@ def truncate_metrics(path: Path, config: RunConfig, resume: dict[str, Any] | Non
     atomic_write_text(path, "".join(kept))
 
 
-def run_config(config: RunConfig, command: str | None = None, fresh: bool = False) -> dict[str, Any]:
-    """Train and evaluate ``config``; return the results dict (also written to the run folder)."""
-    return Run(config, command=command, fresh=fresh).execute()
+def run_config(config: RunConfig, command: str | None = None, fresh: bool = False,
+               dataset: LongTailedDataset | FileDataset | None = None) -> dict[str, Any]:
+    """Train and evaluate ``config``; return the results dict (also written to the run folder).
+    ``dataset`` (a :class:`LongTailedDataset` built in Python) replaces the one ``config.data`` names;
+    the run folder's fingerprint then still covers only the config, so give such runs their own name."""
+    return Run(config, command=command, fresh=fresh, dataset=dataset).execute()
 
 
 def report(results: dict[str, Any]) -> str:

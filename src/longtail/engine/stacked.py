@@ -56,7 +56,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, StageConfig, to_dict
-from ..data.factory import FEATURE_DATASETS
+from ..data.factory import DATASETS
 from ..data.mixing import mixed_loss
 from ..data.sampling import build_sampler
 from ..errors import ConfigError, TrainingError
@@ -67,7 +67,7 @@ from .device import Runtime
 from .maxnorm import MaxNorm
 from .runner import Run
 from .schedules import factor_table
-from .sources import DeviceSource
+from .sources import DeviceSource, epochs_for_iterations, steps_per_epoch
 from .stages import RunContext, SupervisedStage, _augment, _mixer, build_stage_loss, stage_kind
 from .trainer import DEFAULT_DIVERGENCE_FACTOR, build_param_groups
 
@@ -75,7 +75,6 @@ STACKABLE_ENCODERS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet32x8",
     "resnet10", "resnet50", "resnet152", "resnext50_32x4d", "resnet34_cifar_stem",
 )
-STREAMED_DATASETS = ("splitfile", "folder")
 
 
 # ---------------------------------------------------------------------------- compatibility
@@ -99,9 +98,10 @@ def stack_refusal(config: RunConfig) -> str:
     """Why ``config`` cannot train in a stack ('' when it can); see the module docstring."""
     if config.model.encoder not in STACKABLE_ENCODERS:
         return f"encoder {config.model.encoder!r} is not stackable (stackable: {', '.join(STACKABLE_ENCODERS)})"
-    if config.data.dataset in STREAMED_DATASETS:
+    items = DATASETS.get(config.data.dataset).items if config.data.dataset in DATASETS else "images"
+    if items == "streamed":
         return f"data.dataset {config.data.dataset!r} streams its images from disk"
-    if config.data.dataset in FEATURE_DATASETS:
+    if items == "features":
         return f"data.dataset {config.data.dataset!r} gives feature vectors: the encoder is the identity (nothing to stack)"
     for index, stage in enumerate(config.stages):
         kind = _kind_class(stage.kind)
@@ -240,7 +240,7 @@ def member_part(ctx: RunContext, stage: StageConfig, rng: MemberRNG, name: str) 
     inputs, labels = kind.training_data(ctx, stage, cached)
     offset = kind.logit_offset(ctx, stage)
     if stage.iterations:
-        stage.epochs = -(-stage.iterations // -(-len(labels) // min(stage.batch_size, len(labels))))
+        stage.epochs = epochs_for_iterations(stage.iterations, steps_per_epoch(len(labels), stage.batch_size))
     source = DeviceSource(
         inputs, labels, ctx.dataset.num_classes, strategy, stage.batch_size, stage.epochs,
         augment=None if cached else _augment(stage.augment, runtime.device),
