@@ -8,12 +8,20 @@ import pytest
 import torch
 
 from longtail.errors import ConfigError, DataError
-from longtail.eval.metrics import ConfusionAccumulator, EvalResult, class_groups, evaluate, weight_norms
+from longtail.eval.metrics import (
+    ConfusionAccumulator,
+    EvalResult,
+    class_groups,
+    evaluate,
+    per_class_accuracy,
+    weight_norms,
+)
 from longtail.eval.plots import plot_confusion, plot_per_class_accuracy, plot_weight_norms
 from longtail.eval.report import (
     format_mean_std,
     format_per_class,
     format_report,
+    mean_std,
     summarize_seeds,
     write_json,
 )
@@ -146,6 +154,20 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_per_class_accuracy_of_a_head_agrees_with_the_evaluation():
+    """The head-side score (validation searches) gives the evaluation's per-class accuracy on the
+    hand example, as fractions, and 0 for a class without samples."""
+    acc = per_class_accuracy(torch.nn.Identity(), LOGITS, TARGETS, 4)
+    assert acc.dtype == torch.float32 and acc.shape == (4,)
+    assert acc.tolist() == pytest.approx([2 / 3, 2 / 3, 0.5, 0.0])
+
+
+def test_mean_std_leaves_undefined_values_out():
+    assert mean_std([1.0, None, 3.0]) == (2.0, math.sqrt(2))
+    assert mean_std([53.3]) == (53.3, 0.0)  # one seed: 0.0, where summarize_seeds says NaN
+    assert mean_std([None, None]) == (None, None)
 
 
 def test_summarize_seeds_sample_std():

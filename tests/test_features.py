@@ -22,7 +22,7 @@ from longtail.features.calibration import (
     ladc_calibrate,
     ladc_calibration_terms,
 )
-from longtail.features.extract import FeatureCache, extract_features
+from longtail.features.extract import extract_features
 from longtail.features.gaussian import cholesky_with_jitter, sample_factored_gaussians, sample_gaussians
 from longtail.features.statistics import ClassStatistics, FactoredStatistics, tukey_transform
 
@@ -477,38 +477,3 @@ def test_extract_features_matches_manual_eval():
     f2 = extract_features(enc, (imgs.numpy() / 255.0).astype(np.float32), batch_size=1024)
     with torch.no_grad():
         torch.testing.assert_close(f2, enc(imgs.float() / 255), atol=1e-5, rtol=1e-5)
-
-
-def test_feature_cache_roundtrip_and_keys(tmp_path):
-    torch.manual_seed(0)
-    enc = TinyEncoder()
-    cache = FeatureCache(tmp_path / "cache")
-    k1 = cache.key(enc, np.arange(10))
-    assert k1 == cache.key(enc, torch.arange(10))
-    assert k1 != cache.key(enc, np.arange(1, 11))
-    assert k1 != cache.key(enc, np.arange(10), extra={"split": "val"})
-    assert cache.load(k1) is None
-    feats = torch.randn(10, 4)
-    cache.save(k1, feats, labels=torch.arange(10), meta={"split": "train"})
-    torch.testing.assert_close(cache.load(k1), feats)
-    entry = cache.load_entry(k1)
-    assert entry["labels"].tolist() == list(range(10)) and entry["meta"] == {"split": "train"}
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{k1}.pt"]  # no temp files left
-    with torch.no_grad():
-        enc.conv.weight[0, 0, 0, 0] += 1.0
-    assert cache.key(enc, np.arange(10)) != k1
-
-
-def test_feature_cache_get_or_extract_uses_cache(tmp_path):
-    torch.manual_seed(0)
-    enc = TinyEncoder()
-    calls = []
-    enc.register_forward_hook(lambda *a: calls.append(1))
-    imgs = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
-    cache = FeatureCache(tmp_path)
-    f1 = cache.get_or_extract(enc, imgs, np.arange(5), (0.5,) * 3, (0.25,) * 3)
-    n = len(calls)
-    f2 = cache.get_or_extract(enc, imgs, np.arange(5), (0.5,) * 3, (0.25,) * 3)
-    assert len(calls) == n and torch.equal(f1, f2)
-    cache.get_or_extract(enc, imgs, np.arange(5), (0.4,) * 3, (0.25,) * 3)  # other normalisation
-    assert len(calls) > n

@@ -25,7 +25,6 @@ import copy
 import hashlib
 import json
 import multiprocessing
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -40,7 +39,7 @@ from ..config import RunConfig, load_config, to_dict
 from ..engine.runner import environment, git_commit, run_config, run_dir_of
 from ..engine.device import Runtime
 from ..errors import ConfigError
-from ..eval.report import write_json
+from ..eval.report import mean_std, write_json
 
 RESULTS_DIR = Path("benchmarks/results")
 PAPER_NUMBERS = Path("benchmarks/paper_numbers.yaml")
@@ -206,13 +205,6 @@ def _paper_figures(dataset: str, factor: float, method: str) -> list[dict[str, A
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def aggregate(spec: dict[str, Any], jobs: list[Job], command: str) -> list[dict[str, Any]]:
     """One JSON cell per (imbalance factor, method) over its seeds."""
     cells: dict[tuple[float, str], list[Job]] = {}
@@ -254,12 +246,12 @@ def _cell(dataset: str, factor: float, method: str, per_seed: list[dict[str, Any
         "method": method,
         "seeds": [r["seed"] for r in per_seed],
         "top1": top1,
-        "top1_mean": _mean_std(top1)[0],
-        "top1_std": _mean_std(top1)[1],
+        "top1_mean": mean_std(top1)[0],
+        "top1_std": mean_std(top1)[1],
     }
     for name in ("macro_accuracy", "macro_f1", "many", "medium", "few"):
         values = [r.get(name) for r in per_seed]
-        cell[name], cell[f"{name}_std"] = (None, None) if None in values else _mean_std(values)
+        cell[name], cell[f"{name}_std"] = (None, None) if None in values else mean_std(values)
     cell.update(
         device=unique("device"),
         commit=unique("commit"),

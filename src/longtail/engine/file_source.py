@@ -8,7 +8,6 @@ so stages fed by a LoaderSource run eagerly.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
@@ -18,6 +17,7 @@ from ..data.files import FileSplit, eval_transform, train_transform
 from ..data.sampling import SamplingStrategy, StrategySampler
 from .device import Runtime
 from .distributed import World
+from .sources import steps_per_epoch
 
 
 class RankSlices(torch.utils.data.Sampler[int]):
@@ -60,7 +60,7 @@ class LoaderSource:
     ):
         self.runtime = runtime
         self.batch_size = min(batch_size, len(split))
-        self.steps_per_epoch = math.ceil(len(split) / self.batch_size)
+        self.steps_per_epoch = steps_per_epoch(len(split), self.batch_size)
         self.sampler = StrategySampler(split.y, strategy, num_samples=self.steps_per_epoch * self.batch_size)
         self.sampler.set_epoch(0, total_epochs)
         world = runtime.world

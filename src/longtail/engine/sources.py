@@ -11,7 +11,6 @@ batch (so shapes stay fixed and every image is seen at least once per epoch).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -21,6 +20,17 @@ from ..data.sampling import DeviceIndexDrawer, SamplingStrategy
 from .distributed import World
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+def steps_per_epoch(items: int, batch_size: int) -> int:
+    """Batches in an epoch of ``items``: ``ceil(items / batch)``, the batch capped at ``items``."""
+    return -(-items // min(batch_size, items))
+
+
+def epochs_for_iterations(iterations: int, steps: int) -> int:
+    """Epochs an iteration-based stage (``stages.N.iterations``) lasts at ``steps`` steps per epoch:
+    whole epochs, the last one cut short."""
+    return -(-iterations // steps)
 
 
 class DeviceSource:
@@ -45,7 +55,7 @@ class DeviceSource:
         self.batch_size = min(batch_size, len(labels))  # the global batch; this rank trains on its slice
         self.world = world
         self.local_batch = world.shard(self.batch_size)
-        self.steps_per_epoch = math.ceil(len(labels) / self.batch_size)
+        self.steps_per_epoch = steps_per_epoch(len(labels), self.batch_size)
         self.augment = augment
         self.is_image = inputs.dtype == torch.uint8
         self.normalize = Normalize(mean, std).to(labels.device) if self.is_image else None

@@ -31,6 +31,7 @@ from ..data.gpu_augment import AutoAugment, RandAugment, random_crop_flip
 from ..data.mixing import check_mixing, mixed_loss, mixup, remix
 from ..data.sampling import build_sampler
 from ..errors import ConfigError
+from ..eval.metrics import per_class_accuracy
 from ..features.extract import extract_features
 from ..losses import LOSSES, build_loss
 from ..losses.base import check_loss_options
@@ -41,7 +42,7 @@ from ..registry import Registry, closest
 from .device import Runtime
 from .file_source import LoaderSource, eval_batches
 from .maxnorm import MaxNorm
-from .sources import DeviceSource
+from .sources import DeviceSource, epochs_for_iterations, steps_per_epoch
 from .trainer import StagePlan
 
 STAGE_KINDS = Registry("stage kind")
@@ -312,7 +313,7 @@ class SupervisedStage(StageKind):
         inputs, labels = self.training_data(ctx, stage, cached)
         offset = self.logit_offset(ctx, stage)
         if stage.iterations:  # iteration-based stage: epochs of the sampler, the last one cut short
-            stage.epochs = -(-stage.iterations // -(-len(labels) // min(stage.batch_size, len(labels))))
+            stage.epochs = epochs_for_iterations(stage.iterations, steps_per_epoch(len(labels), stage.batch_size))
         if isinstance(inputs, FileSplit):  # images streamed from disk
             source = LoaderSource(
                 inputs, strategy, stage.batch_size, stage.epochs, runtime, _augment_spec(stage.augment)[0],
@@ -421,11 +422,7 @@ class TauNormStage(StageKind):
 def _set_tau_and_score(head: TauNormHead, tau: float, feats: torch.Tensor, labels: torch.Tensor) -> float:
     """Balanced (mean per-class) validation accuracy of the tau-normalised head."""
     head.set_tau(tau)
-    with torch.no_grad():
-        preds = head(feats.float()).argmax(1)
-    per_class = torch.zeros(head.num_classes, device=feats.device).index_add_(0, labels, (preds == labels).float())
-    counts = torch.bincount(labels, minlength=head.num_classes).clamp(min=1)
-    return float((per_class / counts).mean())
+    return float(per_class_accuracy(head, feats, labels, head.num_classes).mean())
 
 
 @STAGE_KINDS.register("ncm")

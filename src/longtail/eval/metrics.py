@@ -66,6 +66,17 @@ def _macro_f1(confusion: np.ndarray) -> float:
     return 100.0 * float(f1.mean())
 
 
+
+@torch.no_grad()
+def per_class_accuracy(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class accuracy ``[C]`` (float32 on the features' device, 0..1; 0 for a class without
+    samples) of ``head`` on ``features``: the validation score of the post-hoc and stage-2 searches
+    (tau-norm's tau, GLAG's beta, LADC's beta), no host synchronisation."""
+    preds = head(features.float()).argmax(1)
+    correct = torch.zeros(num_classes, device=features.device).index_add_(0, labels, (preds == labels).float())
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1)
+    return correct / counts
+
 @dataclass
 class EvalResult:
     """Metrics of one evaluation; every field is a plain Python value (JSON-friendly).

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import statistics
 import warnings
 from pathlib import Path
 
@@ -131,6 +132,16 @@ def summarize_seeds(values: list[float]) -> tuple[float, float]:
         raise ValueError(f"need a non-empty list of finite numbers, got {values!r}")
     std = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
     return float(arr.mean()), std
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample std over seeds of a metric that may be undefined (``None``: e.g. a group
+    without classes), the undefined values left out; ``(None, None)`` if none is defined and std
+    0.0 for one value (the results files' convention; :func:`summarize_seeds` gives NaN there)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str:

@@ -1,12 +1,11 @@
-"""Feature extraction and caching, class statistics, and feature generators (GLAG, LADC, DC)."""
-from .extract import FeatureCache, extract_features
+"""Feature extraction, class statistics, and feature generators (GLAG, LADC, DC)."""
+from .extract import extract_features
 from .gaussian import cholesky_with_jitter, sample_factored_gaussians, sample_gaussians
 from .statistics import ClassStatistics, FactoredStatistics, inverse_tukey, tukey_transform
 
 __all__ = [
     "ClassStatistics",
     "FactoredStatistics",
-    "FeatureCache",
     "cholesky_with_jitter",
     "extract_features",
     "inverse_tukey",
