@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from longtail.losses import LOSSES
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,3 +32,11 @@ def real_cifar_root(tmp_path_factory) -> Path:
     with tarfile.open(tarball) as tar:
         tar.extractall(root, filter="data")
     return root
+
+
+@pytest.fixture
+def register_loss(monkeypatch):
+    """``register_loss(name, cls)``: ``cls`` in the loss registry for this test only (the registry
+    is restored afterwards, so no test leaves a loss behind for the others)."""
+    monkeypatch.setattr(LOSSES, "_items", dict(LOSSES._items))
+    return lambda name, cls: LOSSES.register(name)(cls)

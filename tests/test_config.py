@@ -1,8 +1,9 @@
 """Config loading: recipes, base files, overrides, validation errors that say how to fix them."""
 import pytest
 
-from longtail.config import load_config, method_names, parse_override
+from longtail.config import load_config, method_names, parse_override, to_dict
 from longtail.engine.schedules import epoch_factor, factor_table
+from longtail.engine.stages import stage_kind
 from longtail.config import ScheduleConfig
 from longtail.errors import ConfigError
 
@@ -61,9 +62,17 @@ def test_parse_override_reads_yaml_values():
         parse_override("novalue")
 
 
-def test_packaged_methods_all_load():
-    for name in method_names():
-        load_config(mapping={"method": name})
+def test_packaged_methods_load_and_reload_from_their_saved_form():
+    """Every packaged recipe loads as itself with stages of registered kinds, and the config a run
+    writes (config.yaml, ``to_dict``) loads back to the same config (what resuming relies on)."""
+    names = method_names()
+    assert "ce" in names
+    for name in names:
+        config = load_config(mapping={"method": name})
+        assert config.method == name and config.stages, name
+        for stage in config.stages:
+            stage_kind(stage.kind)  # raises on an unknown kind
+        assert load_config(mapping=to_dict(config)) == config, name
 
 
 def test_multistep_warmup_schedule_matches_the_reference_code():

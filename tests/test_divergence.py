@@ -15,11 +15,12 @@ from .test_engine import config, tiny_dataset
 
 
 @pytest.fixture(autouse=True)
-def fake_data(monkeypatch):
+def fake_data(monkeypatch, register_loss):
     monkeypatch.setattr(runner, "load_dataset", tiny_dataset)
+    register_loss("test_x1000_from_epoch_4", JumpFromEpochFour)
+    register_loss("test_poison_head_after_epoch_3", PoisonHead)
 
 
-@LOSSES.register("test_x1000_from_epoch_4")
 class JumpFromEpochFour(CrossEntropyLoss):
     """Cross-entropy x1000 from the fourth epoch on: finite, but far above its level.
 
@@ -39,7 +40,6 @@ class JumpFromEpochFour(CrossEntropyLoss):
         return loss + (self.scale - 1) * loss.detach()  # value x scale, gradient x1
 
 
-@LOSSES.register("test_poison_head_after_epoch_3")
 class PoisonHead(CrossEntropyLoss):
     """Cross-entropy that writes inf into the head's weights at the end of the third epoch."""
 

@@ -12,7 +12,6 @@ from longtail.data.dataset import ArraySplit, LongTailedDataset
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.trainer import StageTrainer
 from longtail.errors import TrainingError
-from longtail.losses import LOSSES
 from longtail.losses.ce import CrossEntropyLoss
 
 COUNTS = [48, 24, 12, 6]
@@ -96,7 +95,6 @@ def test_resume_after_an_interruption_gives_the_same_model(tmp_path, monkeypatch
     assert resumed["test"]["top1"] == whole["test"]["top1"]
 
 
-@LOSSES.register("test_nan_from_epoch_3")
 class NaNFromEpochThree(CrossEntropyLoss):
     def __init__(self):
         super().__init__()
@@ -109,7 +107,8 @@ class NaNFromEpochThree(CrossEntropyLoss):
         return super().per_sample(logits, targets) + self.poison
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, register_loss):
+    register_loss("test_nan_from_epoch_3", NaNFromEpochThree)
     cfg = config(tmp_path, "ce", "stages.0.loss={name: test_nan_from_epoch_3}")
     with pytest.raises(TrainingError, match="epoch 3: the training loss is not finite.*checkpoint"):
         runner.run_config(cfg)

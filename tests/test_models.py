@@ -181,8 +181,20 @@ def test_ncm_head_from_features():
         NCMHead(torch.zeros(2, 2), metric="l2")
 
 
-def test_head_registry():
-    assert HEADS.names() == sorted(["linear", "cosine", "lws", "lws_plus", "tau_norm", "ncm"])
+def test_every_registered_head_builds_on_a_stage_one_head_and_gives_logits():
+    """What a stage's ``head:`` asks for: each registered head, made from the stage-1 linear head
+    (wrappers wrap it), has its classes and gives [B, C] logits; a wrapper starts from the wrapped
+    head's weights."""
+    from longtail.engine.stages import make_head
+
+    torch.manual_seed(0)
+    base, x = LinearHead(5, 3), torch.randn(4, 5)
+    assert "linear" in HEADS and "lws" in HEADS
+    for kind in HEADS:
+        head = make_head(kind, base, {})
+        assert head.num_classes == 3 and head(x).shape == (4, 3), kind
+        if getattr(head, "base", None) is not None:
+            assert head.base is base, kind
     with pytest.raises(KeyError, match="did you mean 'lws'"):
         HEADS.get("lsw")
 
