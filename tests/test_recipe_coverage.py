@@ -78,8 +78,8 @@ def _augment_names() -> set[str]:
 
 
 def _packaged(registry) -> set[str]:
-    """A registry's names whose factories the library defines (tests register their own, e.g.
-    ``test_engine``'s ``test_nan_from_epoch_3`` loss, in the same process)."""
+    """A registry's names whose factories the library defines (a test may register its own for
+    itself, e.g. through conftest's ``register_loss``)."""
     return {n for n in registry.names() if registry.get(n).__module__.startswith("longtail.")}
 
 

@@ -20,7 +20,7 @@ from longtail.engine.trainer import StageTrainer
 from longtail.data.dataset import ArraySplit
 from longtail.errors import ConfigError, DataError, TrainingError
 from tests.test_bad_input import snapshot, write_features
-from tests.test_engine import NaNFromEpochThree  # noqa: F401  (registers loss test_nan_from_epoch_3)
+from tests.test_engine import NaNFromEpochThree
 
 
 def args(tmp_path: Path, *extra: str) -> list[str]:
@@ -136,7 +136,8 @@ def test_a_folder_from_before_the_fingerprint_is_compared_with_its_config_yaml(t
     (2, r"The last checkpoint \(.*checkpoint.pt: stage 'stage1', epoch 2\) is intact."),
     (0, r"No checkpoint had been written yet \(engine.checkpoint_every sets how often\)."),
 ])
-def test_a_failed_stage_says_what_was_kept(tmp_path, checkpoint_every, says):
+def test_a_failed_stage_says_what_was_kept(tmp_path, checkpoint_every, says, register_loss):
+    register_loss("test_nan_from_epoch_3", NaNFromEpochThree)
     cfg = load_config(None, [*args(tmp_path, "stages.0.loss={name: test_nan_from_epoch_3}",
                                           f"engine.checkpoint_every={checkpoint_every}", "engine.progress=false")[1:]])
     with pytest.raises(TrainingError, match=r"epoch 3: the training loss is not finite .*--fresh or a new name=.* "
