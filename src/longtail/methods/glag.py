@@ -175,6 +175,7 @@ RECORDED = (
     "val_balanced_acc_history",
     "tail_val_acc_history",
     "val_acc_last",
+    "beta_last",
     "classes_without_val",
     "init_from",
 )
@@ -543,6 +544,7 @@ class BetaAdapter:
         if bool(self.tail_mask.any()):
             rec.setdefault("tail_val_acc_history", []).append(round(100 * float(acc_now[self.tail_mask].mean()), 4))
         rec["val_acc_last"] = [float(a) for a in acc_now.tolist()]
+        rec["beta_last"] = [float(b) for b in self.beta.tolist()]  # exact (float32 in a float): what a resume continues from
         return self.beta
 
     def on_epoch_end(self) -> None:
@@ -625,7 +627,9 @@ class GLAGAFGStage(StageKind):
         record["target_count"] = afg.target
         record["num_generated"] = afg.num_generated
         # beta and the last validation accuracy: from the options when resuming, else initial
-        if record.get("beta_history"):
+        if record.get("beta_last") is not None:  # resuming: the exact beta (beta_history is rounded)
+            beta = torch.tensor(record["beta_last"], dtype=torch.float32, device=device)
+        elif record.get("beta_history"):
             beta = torch.tensor(record["beta_history"][-1], dtype=torch.float32, device=device)
         else:
             beta = init_beta(tail_mask, opts["beta_init"]).to(device)
