@@ -233,7 +233,7 @@ def test_beta_hook_reads_the_validation_accuracy_of_the_head():
     head = LWSHead(base)
     feats = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 4)
     labels = torch.tensor([0] * 4 + [1] * 4)
-    from longtail.methods.glag import per_class_accuracy
+    from longtail.eval.metrics import per_class_accuracy
 
     beta = torch.tensor([0.0, 0.6])
     hook = BetaAdapter(beta, torch.tensor([False, True]), head=head, val=(feats, labels),

@@ -35,7 +35,7 @@ from ..engine import runner
 from ..engine.runner import environment, git_commit, run_config
 from ..engine.device import Runtime
 from ..errors import TrainingError
-from ..eval.report import write_json
+from ..eval.report import mean_std, write_json
 
 CONFIG_DIR = Path("configs/newsgroups_lt")
 METHODS = {
@@ -70,14 +70,6 @@ NOT_COMPARABLE = (
 )
 
 
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample std; ``None`` for a group without classes (its accuracy is undefined)."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _num(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -93,7 +85,7 @@ def aggregate(results: dict[str, list[dict[str, Any]]], failures: dict[str, list
                                "failed": failures.get(method, [])}
         for key in ("top1", "macro_accuracy", "macro_f1", "many", "medium", "few"):
             values = [r["test"].get(key) for r in runs]
-            row[key], row[f"{key}_std"] = _mean_std(values)
+            row[key], row[f"{key}_std"] = mean_std(values)
             if key == "top1":
                 row["top1_per_seed"] = values
         row["group_sizes"] = runs[0]["test"]["group_sizes"]

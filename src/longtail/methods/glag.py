@@ -125,6 +125,7 @@ from ..engine.sources import DeviceSource
 from ..engine.stages import STAGE_KINDS, RunContext, StageKind, build_stage_loss, make_plan
 from ..engine.trainer import StagePlan
 from ..errors import ConfigError, DataError
+from ..eval.metrics import per_class_accuracy
 from ..features.calibration import adapt_beta, glag_calibrate, glag_calibration_terms, head_tail_split, init_beta
 from ..features.gaussian import sample_factored_gaussians
 from ..features.statistics import FactoredStatistics, inverse_tukey, tukey_transform
@@ -140,7 +141,6 @@ __all__ = [
     "AFGSource",
     "GLAGStage2Loss",
     "BetaAdapter",
-    "per_class_accuracy",
     "GLAGAFGStage",
 ]
 
@@ -487,15 +487,6 @@ class GLAGStage2Loss(nn.Module):
         if self.kd_on == "samples":
             per_sample = per_sample * self.head_weight.index_select(0, targets)
         return loss + self.alpha * per_sample.mean()
-
-
-@torch.no_grad()
-def per_class_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-class accuracy ``[C]`` (float32, 0..1; 0 for a class without samples) of ``head``."""
-    preds = head(features.float()).argmax(1)
-    correct = torch.zeros(num_classes, device=features.device).index_add_(0, labels, (preds == labels).float())
-    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1)
-    return correct / counts
 
 
 class BetaAdapter:

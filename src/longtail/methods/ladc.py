@@ -167,7 +167,7 @@ from ..features.calibration import (
 from ..features.gaussian import sample_factored_gaussians, sample_gaussians
 from ..features.statistics import ClassStatistics, FactoredStatistics, inverse_tukey, tukey_transform
 from ..registry import closest
-from .glag import per_class_accuracy
+from ..eval.metrics import per_class_accuracy
 
 __all__ = ["LADCOptions", "FactoredGaussians", "LADCSampler", "CalibratedFeatureSource", "LADCStage"]
 
