@@ -1,6 +1,7 @@
-"""IWB: inverse weight-balancing, the stage-2 loss (seed 000).
+"""IWB: inverse weight-balancing, the stage-2 loss.
 
-Dang, Yang, Dong, Li, Shi, "Inverse Weight-Balancing for Deep Long-Tailed Learning", AAAI 2024.
+Paper (seed ``000``): Dang, Yang, Dong, Li, Shi, "Inverse Weight-Balancing for Deep Long-Tailed
+Learning", AAAI 2024.
 
 Stage 2 freezes the encoder and fine-tunes the classifier with a classification loss plus a KL
 term that pulls the distribution of per-class weight norms ||W|| towards an *inverse* target P,
@@ -13,49 +14,43 @@ larger for tail classes and hard samples:
     D_KL(|W|, P_i) = sum_c softmax(|W|)_c [log softmax(|W|)_c - log softmax(P_i)_c]   Eq. (8)
     loss  = sum_i [ l(f(x_i), y_i) + D_KL(|W|, P_i) ]                                   Eq. (10)
 
-with l the CB loss (Cui et al. 2019) for "IWB+CB" (the CIFAR-100-LT 54.8 row and all ablations)
-or CE for plain "IWB". lambda = 0.15 on CIFAR-100-LT, 0.05 ImageNet-LT, 0.01 iNaturalist.
+with l the CB loss (Cui et al. 2019) for "IWB+CB" (the paper's CIFAR-100-LT 54.8 row and all
+ablations) or CE for plain "IWB". The paper's lambda: 0.15 on CIFAR-100-LT, 0.05 ImageNet-LT,
+0.01 iNaturalist-2018 ("Implementation details").
 
-Decisions on what the paper leaves open (each a named option):
+Choices where the paper is silent (each a named option where there is a choice):
 
-- Weight on D_KL: none. Eq. (10) adds it to the classification loss with weight 1.
-- Reduction: Eq. (10) sums over samples; we average over the batch (the project's convention,
-  which only rescales the learning rate and leaves the CE : KL ratio of Eq. 10 intact).
-- Base loss ``base``: "cb_ce" (default; the CB *softmax cross-entropy* of Cui et al., the
-  paper's CB definition), "ce" (plain IWB), "cb_softmax_bce" (the weight-balancing code's CB
-  variant, binary CE on softmax probabilities, which IWB's code inherits), any other registered
-  loss name, a ``Loss`` instance, or None (the KL term alone). ``base_options`` go to its builder.
+- Weight on D_KL: none; Eq. (10) adds it to the classification loss with weight 1.
+- Reduction: Eq. (10) sums over samples; we average over the batch (the project's convention),
+  which rescales the learning rate and keeps the CE : KL ratio of Eq. 10.
+- ``base``: "cb_ce" (default; the CB softmax cross-entropy of Cui et al., the paper's CB
+  definition) | "ce" (plain IWB) | "cb_softmax_bce" (the weight-balancing code's CB variant,
+  binary CE on softmax probabilities, which IWB's code inherits) | any other registered loss name,
+  a ``Loss`` instance, or None (the KL term alone); ``base_options`` go to its builder.
 - |W| is the vector of per-class L2 norms of ``head.class_weight()`` (the effective per-class
-  weights; the bias is not part of it). x^_i are the encoder features the engine passes in.
-- Gradients flow through the whole of Eq. (10), including through P (HC depends on W and on the
-  features): the paper minimises Eq. (10) over all parameters and calls P a "learnable target".
-  ``detach_target=True`` treats P as a fixed target instead.
-- ``hc="scalar"`` (Table 3, last row): HC_i = (1 - cos(W_{y_i}, x^_i)) / 2, the sample's own
-  class only (Eq. 4), broadcast over the C entries of NC. ``nc_only=True`` (Table 3, second
-  row): P = lambda * NC. ``divergence="mse"`` (Table 4): mean_c (||W||_c - P_ic)^2 on the raw
-  values (the paper's point is that MSE forces |W| and P to be equal in value), averaged over
-  the batch. Table 3's first row (neither NC nor HC, "naive") is the stage-1 model itself. The
-  paper tunes lambda per ablation row without giving the values; the recipes keep 0.15.
-- NC uses log base 2 (``log_base=2``); N = sum_c n_c of the training split.
-- Measured effect of these readings on 20 Newsgroups-LT (configs/newsgroups_lt/iwb.yaml, top-1 %,
-  mean ± sample std over seeds 0-2, CPU, commit f01763e, ``longtail train configs/newsgroups_lt/iwb.yaml
-  <override> seed=S``): the defaults 62.52 ± 0.07; ``hc=scalar`` 62.67 ± 0.05;
-  ``detach_target=true`` 62.68 ± 0.06 (both within 0.2 of the default: on fixed features the
-  hardness reading hardly matters); the released code's KL (``kl_direction=code_reversed_sum``,
-  ``log_base=e``) 41.14 ± 6.15 (summed over the batch, the KL term swamps the CB loss at the
-  paper's lambda and lr).
+  weights, without the bias); x^_i are the encoder features the engine passes in.
+- ``detach_target`` (default False): gradients flow through the whole of Eq. (10), P included (HC
+  depends on W and the features), since the paper minimises Eq. (10) over all parameters and
+  calls P a "learnable target"; ``True`` treats P as a fixed target.
+- Ablations: ``hc="scalar"`` (Table 3, last row) uses HC_i = (1 - cos(W_{y_i}, x^_i)) / 2 of the
+  sample's own class (Eq. 4), broadcast over NC; ``nc_only=True`` (Table 3, second row) uses
+  P = lambda * NC; ``divergence="mse"`` (Table 4) is mean_c (||W||_c - P_ic)^2 on the raw values,
+  averaged over the batch. Table 3's first row ("naive") is the stage-1 model itself; the paper
+  tunes lambda per ablation row without giving the values, and the recipes keep 0.15.
+- ``log_base``: 2 (NC in log2, as printed); N = sum_c n_c of the training split.
 
-The released code differs (named options, documented as the code's, not verified here):
-natural log in NC (``log_base=math.e``, or ``"e"`` in a config) and the KL reversed and
-summed over the batch, sum_i KL(softmax(P_i) || softmax(|W|))
-(``kl_direction="code_reversed_sum"``, i.e. ``F.kl_div(log_softmax(|W|), softmax(P),
-reduction="sum")``; under data parallelism each rank sums over its own slice of the batch, so
-the term is 1/world_size of the code's on one GPU). Its other differences (whole network fine-tuned, 8x wider ResNet-32,
-test-set checkpoint selection, flip TTA; and, per the issue-17 audit of the code, stage 1 at
-lr 0.1 and stage 2 at lr 0.01 for 200 epochs, where the paper's CIFAR-100-LT settings are
-stage 1 at lr 0.01 and stage 2 at lr 0.005 for 10 epochs) are not loss matters. lambda = 0.01 is the paper's iNaturalist-2018
-value ("Implementation details"), not a CIFAR choice of the released code (an earlier version
-of this docstring said it was); the recipe ``iwb_code`` uses it, see its header.
+The released code differs (named options, documented as the code's, not verified here): natural
+log in NC (``log_base=math.e``, or ``"e"`` in a config) and the KL reversed and summed over the
+batch, sum_i KL(softmax(P_i) || softmax(|W|)) (``kl_direction="code_reversed_sum"``, i.e.
+``F.kl_div(log_softmax(|W|), softmax(P), reduction="sum")``; under data parallelism each rank sums
+over its own slice, so the term is 1/world_size of the code's on one GPU). Its other differences
+(whole network fine-tuned, 8x wider ResNet-32, test-set checkpoint selection, flip TTA; per the
+issue-17 audit, stage 1 at lr 0.1 and stage 2 at lr 0.01 for 200 epochs where the paper's
+CIFAR-100-LT settings are lr 0.01 and lr 0.005 for 10 epochs) are not loss matters. lambda = 0.01
+is the paper's iNaturalist-2018 value, not a CIFAR choice of the released code; the recipe
+``iwb_code`` uses it, see its header.
+
+Recorded measurements of these options: docs/method_notes.md.
 """
 from __future__ import annotations
 

@@ -1,58 +1,49 @@
-"""BWLM's two stage kinds (seed 004): weights transfer on the head classes, then a review.
+"""BWLM's two stage kinds: weights transfer on the head classes, then a review on a balanced set.
 
-Fan, Ma, Liu, Yuan, "BWLM: A Balanced Weight Learning Mechanism for Long-Tailed Image
-Recognition", Appl. Sci. 14(1):454, 2024, Secs. 3.2-3.3 and 4.2.
+Paper (seed ``004``): Fan, Ma, Liu, Yuan, "BWLM: A Balanced Weight Learning Mechanism for
+Long-Tailed Image Recognition", Appl. Sci. 14(1):454, 2024, Secs. 3.2-3.3 and 4.2.
 
-- ``bwlm_head_classes`` (stage 1, "weights transfer", Eq. 3): the whole network trained with
-  CE on D_stage1 = sum_{j<=m} D_j, the m = C // 2 largest classes only
-  (:func:`longtail.losses.bfs.bwlm_head_classes`). The head keeps its C outputs; the logits of
-  the other classes get a constant offset of ``EXCLUDED_LOGIT_OFFSET`` (-1e4) before the loss,
-  so the softmax (and CE) runs over the m head logits alone: exp(-1e4 + z) underflows to exactly
-  0 in fp32 and bf16, the excluded rows of W get exactly zero loss gradient (weight decay still
-  shrinks them; stage 2 replaces the head anyway). Why -1e4 and not -inf: -inf turns into NaN
-  in any loss that multiplies a log-probability by a zero weight (label smoothing, sigmoid
-  losses, mixing) and in ``0 * -inf`` inside autograd; -1e4 stays finite in bf16 (it rounds to
-  -9984) and in fp16 (exact; max 65504), where e.g. -1e9 would overflow fp16 to -inf.
-- ``bwlm_review`` (stage 2, Eq. 4): a frozen encoder, a new FC layer (recipes say
-  ``head: linear``) trained on the data-balanced review set D^ of Eq. (2): each of the m head
-  classes subsampled without replacement to n_{m+1} (the size of the largest tail class), the
-  tail classes kept whole (:func:`longtail.losses.bfs.review_set_indices`). The loss is the
-  stage's (BFS for BWLM; CE, CB-focal, BS for the ablation rows), the classifier's weight
-  decay lambda of Eq. (14)-(17) the stage's ``optimizer.weight_decay``.
+- ``bwlm_head_classes`` (stage 1, "weights transfer", Eq. 3): the whole network trained with CE on
+  D_stage1 = sum_{j<=m} D_j, the m largest classes only
+  (:func:`longtail.losses.bfs.bwlm_head_classes`). The head keeps its C outputs; the other
+  classes' logits get the offset ``EXCLUDED_LOGIT_OFFSET`` (-1e4) before the loss, so the softmax
+  runs over the m head logits alone and the excluded rows of W get exactly zero loss gradient
+  (weight decay still shrinks them; stage 2 replaces the head).
+- ``bwlm_review`` (stage 2, Eq. 4): a frozen encoder and a new FC layer (recipes: ``head:
+  linear``) trained on the data-balanced review set D^ of Eq. (2): each head class subsampled
+  without replacement to n_{m+1} (the largest tail class), the tail classes kept whole
+  (:func:`longtail.losses.bfs.review_set_indices`). The loss is the stage's (BFS for BWLM; CE,
+  CB-focal, BS for the ablation rows); lambda of Eq. (14)-(17) is the stage's
+  ``optimizer.weight_decay``.
 
-Decisions on what the paper leaves open (each a stage option, ``stages.N.options.NAME``):
+Choices where the paper is silent (stage options, ``stages.N.options.NAME``, unless named
+otherwise):
 
-- ``num_head_classes`` (both kinds): m; default C // 2 (``m = C/2``, floor for odd C). Ties in
-  class size are broken by class id, largest first.
-- ``review_seed`` (``bwlm_review``): seed of the head-class subsampling; default: the run's seed
-  (``seed``), so the review set varies across seeds like the rest of the run's randomness and is
-  reproducible for a given seed (numpy ``default_rng(review_seed)``, classes drawn in rank order).
-- ``resample_each_epoch`` (``bwlm_review``, default false): the paper defines D^ once (Eq. 2,
-  "minimizing the loss throughout the entire training set D^"), so the default is one fixed
-  review set. ``true`` (ours) re-draws the head-class subsample at the start of every epoch
-  (epoch 0 uses the fixed set; epoch e >= 1 a seed derived from (review_seed, e)); shapes and
-  the label vector stay fixed, the new images/features are copied in place (graph-safe).
-- ``loss_counts`` (``bwlm_review``): the n_j that class-count losses (CB, BS, BFS) use.
-  ``"review"`` (default): the counts of D^ itself (head classes all at n_{m+1}), the prior of the
-  data stage 2 actually trains on. ``"full"``: the counts of the whole long-tailed training set D.
-  The paper does not say which: n_j is defined once, in Sec. 3.1, as the size of class j of D,
-  and Eq. (5) calls it "the total sample size contained in class j", while stage 2 minimises the
-  loss "throughout the entire training set D^" (Eq. 4). Balanced Softmax (Eq. 9-10) is the
-  likelihood of a model trained on data whose label prior is n_j / sum n and tested on a
-  balanced one; on D^ with D's counts the prior is corrected twice. A bias-only model b on a
-  balanced 53/53 review set with counts [600, 53] minimises sum_y -log softmax(b + log n)_y at
-  b_0 - b_1 = log(53/600) = -2.43 and never predicts the head class; with D^'s counts (53, 53)
-  at b_0 = b_1 (``tests/test_bwlm_review.py``). Measured on 20 Newsgroups-LT (top-1 %, mean ±
-  sample std over seeds 0 1 2, CPU, commit 5f35e0d + this change; ``longtail train
-  configs/newsgroups_lt/ROW.yaml seed=S engine.device=cpu`` for S in 0 1 2, the loop of
-  ``python -m longtail.bench.text_table``): ``review`` (row ``bwlm``) 61.95 ± 0.07, many-shot
-  77.68 ± 0.48; ``full`` (row ``bwlm_full_counts``) 53.58 ± 0.29, many-shot 47.14 ± 0.61.
-- Both kinds validate their options in ``check`` (before stage 1 trains): a typo in a stage-2
-  option must not surface only after the 320-epoch stage 1.
-- Stage 2 reads cached encoder features (no augmentation; the paper does not mention any in
-  stage 2); ``features: online`` with ``augment: crop_flip`` re-runs the frozen encoder on
-  augmented images instead. The training schedule and the weight-decay values are recipe
-  matters: see ``src/longtail/recipes/bwlm.yaml``.
+- ``EXCLUDED_LOGIT_OFFSET`` (a constant, not an option): -1e4 rather than -inf, because -inf turns
+  into NaN wherever a log-probability meets a zero weight (label smoothing, sigmoid losses,
+  mixing, ``0 * -inf`` in autograd); -1e4 underflows exp to exactly 0 and stays finite in bf16
+  (-9984) and fp16, where -1e9 would overflow.
+- ``num_head_classes`` (both kinds): m, default C // 2 (floor for odd C); ties in class size are
+  broken by class id, largest first.
+- ``review_seed`` (``bwlm_review``): seed of the head-class subsampling, default the run's
+  ``seed``, so the review set varies across seeds and is reproducible for one (numpy
+  ``default_rng(review_seed)``, classes drawn in rank order).
+- ``resample_each_epoch`` (``bwlm_review``, default false): the paper defines D^ once (Eq. 2), so
+  the default is one fixed review set; ``true`` (ours) re-draws the head-class subsample every
+  epoch (epoch 0 uses the fixed set, epoch e >= 1 a seed derived from (review_seed, e)), copied
+  in place with fixed shapes (graph-safe).
+- ``loss_counts`` (``bwlm_review``): the n_j of class-count losses (CB, BS, BFS). ``"review"``
+  (default): the counts of D^ itself, the label prior stage 2 actually trains on; ``"full"``: the
+  counts of the whole training set D (n_j as defined in Sec. 3.1), which on D^ corrects the prior
+  twice (a bias-only Balanced Softmax model on a balanced 53/53 set with counts [600, 53] settles
+  at b_0 - b_1 = log(53/600) and never predicts the head class; ``tests/test_bwlm_review.py``).
+- Both kinds validate their options in ``check``, before stage 1 trains, so a typo in a stage-2
+  option does not surface only after the 320-epoch stage 1.
+- Stage 2 reads cached encoder features (the paper mentions no stage-2 augmentation);
+  ``features: online`` with ``augment: crop_flip`` re-runs the frozen encoder on augmented images
+  instead. Schedule and weight-decay values are recipe matters: ``src/longtail/recipes/bwlm.yaml``.
+
+Recorded measurements of these options: docs/method_notes.md.
 """
 from __future__ import annotations
 

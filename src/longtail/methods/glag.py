@@ -1,15 +1,16 @@
-"""GLAG (seed 001): Gradual Balanced Loss in stage 1, Adaptive Feature Generator in stage 2.
+"""GLAG's stage 2 (stage kind ``glag_afg``): the Adaptive Feature Generator, after a stage 1 with
+the Gradual Balanced Loss.
 
-Zhang & Xiang, "Long-Tailed Classification with Gradual Balanced Loss and Adaptive Feature
-Generation". Stage 1 is a ``supervised`` stage with the registered loss ``graloss``
-(:mod:`longtail.losses.gradual`, Eqs. 3-4; recipes ``graloss``, ``graloss_crt``, ``graloss_lws``,
-``glag*``). Stage 2 is the stage kind ``glag_afg`` defined here (Sec. 4.2, Eqs. 5-11):
+Paper (seed ``001``): Zhang & Xiang, "Long-Tailed Classification with Gradual Balanced Loss and
+Adaptive Feature Generation". Stage 1 is a ``supervised`` stage with the registered loss
+``graloss`` (:mod:`longtail.losses.gradual`, Eqs. 3-4; recipes ``graloss``, ``graloss_crt``,
+``graloss_lws``, ``glag*``). Stage 2 (Sec. 4.2, Eqs. 5-11), defined here:
 
 * the encoder is frozen; the head is an LWS head wrapping the stage-1 linear head (Fig. 2);
-* real training features are extracted once (the encoder does not change), Tukey-transformed
-  (x -> x^lambda, lambda = 0.5) and summarised per class (mean, unbiased covariance; Eqs. 5-6);
-* every epoch, each real feature x_i of a tail class is given a calibrated Gaussian
-  (Eqs. 7-10, :func:`~longtail.features.calibration.glag_calibration_terms`; dense form
+* real training features are extracted once, Tukey-transformed (x -> x^lambda) and summarised per
+  class (mean, unbiased covariance; Eqs. 5-6);
+* every epoch, each real feature x_i of a tail class gets a calibrated Gaussian (Eqs. 7-10,
+  :func:`~longtail.features.calibration.glag_calibration_terms`; dense form
   :func:`~longtail.features.calibration.glag_calibrate`)::
 
       S     = the K nearest (||x_i - mu_j||) classes with more training samples than y_i
@@ -17,98 +18,77 @@ Generation". Stage 1 is a ``supervised`` stage with the registered loss ``gralos
       mu_i' = (1 - beta_y) x_i + beta_y sum_S w_j mu_j / sum_S w_j
       Sig_i'= (1 - beta_y)^2 Sigma_y + beta_y^2 sum_S w_j Sigma_j / sum_S w_j + gamma I
 
-  and features are drawn from it on the device, exactly and without any per-feature ``D x D``
-  matrix: Sig_i' is a weighted sum of class covariances plus gamma I, so a draw is
-  ``mu_i' + (1 - b) F_y^T e_0 + b sum_S sqrt(w_j / sum_S w) F_j^T e_j + sqrt(gamma) e``
-  with independent standard normals and per-class square-root factors ``F_c^T F_c = Sigma_c``
-  computed once per stage (:class:`~longtail.features.statistics.FactoredStatistics`: the class's
-  centred features, or their QR factor when n_c > D; exact for singular Sigma_c, so no jitter;
-  :func:`~longtail.features.gaussian.sample_factored_gaussians`);
-* the epoch's training set is balanced: every class gets ``target`` features (default the
-  largest class count). A tail class keeps all its real features and is filled up with
-  generated ones; a head class keeps its real features and is filled up by re-drawing its own
-  real features (with replacement). Real and generated features are shuffled together;
-* loss (Eq. 11): ``CE(z, y) + alpha(T) * KD(stage-1 head -> LWS head)`` on head-class samples,
-  alpha(T) = s (c^{T/T_max} - 1) over the stage-2 epochs (the GraLoss schedule, s = 1, c = 2);
-* beta (per tail class, initialised at 0.6) is adapted after every epoch from the per-class
-  accuracy on the validation split (never the test set):
-  ``beta_c <- clip(beta_c + step * sign(acc_c(now) - acc_c(previous)), 0, 1)``, step 0.05
-  (:func:`~longtail.features.calibration.adapt_beta`). The first comparison is against the
-  accuracy of the model at the start of stage 2 (the stage-1 model: LWS scales start at 1).
+  and features are drawn from it on the device as
+  ``mu_i' + (1 - b) F_y^T e_0 + b sum_S sqrt(w_j / sum_S w) F_j^T e_j + sqrt(gamma) e``, with
+  independent standard normals and per-class factors ``F_c^T F_c = Sigma_c`` computed once per
+  stage (:class:`~longtail.features.statistics.FactoredStatistics`,
+  :func:`~longtail.features.gaussian.sample_factored_gaussians`): exact, also for singular
+  Sigma_c, with no jitter and no ``D x D`` matrix per feature;
+* the epoch's training set is balanced: every class gets ``target`` features; a tail class keeps
+  its real features and is filled up with generated ones, a head class is filled up by re-drawing
+  its own real features (with replacement), and all are shuffled together;
+* loss (Eq. 11): ``CE(z, y) + alpha(T) * KD(stage-1 head -> LWS head)``, alpha(T) =
+  s (c^{T/T_max} - 1) over the stage-2 epochs (the GraLoss schedule);
+* beta (per tail class) is adapted after every epoch from the per-class validation accuracy
+  (never the test set): ``beta_c <- clip(beta_c + step * sign(acc_c(now) - acc_c(previous)), 0, 1)``
+  (:func:`~longtail.features.calibration.adapt_beta`); the first comparison is against the model
+  at the start of stage 2 (LWS scales at 1).
 
-Stage-1 recipes (``src/longtail/recipes``): the paper gives SGD 0.9, wd 5e-4, cosine, ResNet-32
-and "the augmentation of [22]" (crop + flip in BALMS' CIFAR code) but no CIFAR epochs, lr or
-batch size: we use 200 epochs, bs 128, lr 0.1, 5 warm-up epochs. Table 6's GraLoss + cRT / LWS
-(``graloss_crt``, ``graloss_lws``) replace only the loss of the cRT / LWS stage 1 ("we simply
-replace the original cross-entropy"); any recipe takes ``stages.0.loss={name: graloss}``.
+Stage-1 recipes (``src/longtail/recipes``): the paper gives SGD 0.9, wd 5e-4, cosine, ResNet-32 and
+BALMS' crop + flip but no CIFAR epochs, lr or batch size; we use 200 epochs, bs 128, lr 0.1, 5
+warm-up epochs. Table 6's GraLoss + cRT / LWS (``graloss_crt``, ``graloss_lws``) replace only the
+stage-1 loss; any recipe takes ``stages.0.loss={name: graloss}``.
 
-Decisions where the paper is silent or ambiguous (each a named option of ``glag_afg``,
+Choices where the paper is silent or ambiguous (options of ``glag_afg``,
 ``stages.N.options.<name>``):
 
-* ``head_split`` (default ``"fraction"``, ``head_fraction`` 0.6): the paper never defines its
-  head classes. We use LADC's rule (GLAG builds on LADC): the most frequent classes that together
-  hold 60% of the training images (CIFAR-10-LT IF 100: 2 head classes; CIFAR-100-LT IF 100: 20).
-  ``"many"``: train count > ``eval.many_threshold`` (100); ``"count"``: the ``num_head`` largest.
-* Tukey space: Eqs. 5-6 write the statistics on untransformed features while Eqs. 7-8 mix them
-  with transformed ones. We compute statistics, calibration and sampling all in the transformed
-  space (``tukey_lambda``, default 0.5; 1 switches the transform off) and map generated features
-  back with the inverse transform, ``max(u, 0)^(1/lambda)`` (``exp(u) - 1e-6`` for lambda = 0,
-  clamped at 0), so that the head is trained and tested on the encoder's own feature space and
-  the model needs no extra layer at test time.
-* Sample counts (``target``, default ``"max"``): "up to the head-class count" = the largest
-  class count; an integer gives every class that many features (head classes larger than it are
-  subsampled each epoch). The gap ``target - n_c`` of tail class c is spread evenly over its real
-  features (each gets ``gap // n_c``, a random ``gap % n_c`` of them one more).
-* "Mixed up with real training samples" = generated and real features are concatenated and
-  shuffled into the same batches (not mixup).
-* KD (``kd_on``, default ``"samples"``): the KD term of Eq. 11 on samples whose label is a head
-  class, over all classes' logits, averaged over the batch (tail samples contribute 0): this is
-  what pushes the head/tail boundary back for head classes. ``"logits"``: on every sample, both
-  distributions restricted to the head-class logits (renormalised). Temperature
-  ``kd_temperature`` = 2 (not given in the paper). The teacher is the frozen stage-1 linear head
-  (the base of the LWS head) on the same features. ``kd: false`` drops the term (Table 7 "no KD").
-* alpha(T) of Eq. 11 (``kd_alpha``): "set the same as in GraLoss": s = 1, c = 2, convex, T the
-  0-based stage-2 epoch, T_max = the stage's epochs.
-* beta: ``beta_init`` 0.6 (implementation details; the ablation text says 0.4),
-  ``beta_step`` 0.05, ``beta_bounds`` [0, 1], ``beta_tolerance`` 0 (accuracy changes of at most
-  this much count as no change); ``adaptive_beta: false`` keeps beta fixed (the paper's "set beta
-  to a certain number"; it then needs no validation split).
-* Calibration options: ``k`` 2 (the paper uses 2 or 3), ``gamma`` 0 (0 or 0.1), ``dispersion``
+* ``head_split``: ``"fraction"`` (default, ``head_fraction`` 0.6) | ``"many"`` | ``"count"``. The
+  paper never defines its head classes; the default is LADC's rule (GLAG builds on LADC), the most
+  frequent classes holding 60% of the training images. ``"many"``: train count >
+  ``eval.many_threshold``; ``"count"``: the ``num_head`` largest.
+* ``tukey_lambda``: 0.5 (DC's value; the paper cites Tukey's ladder without a value; 1 switches
+  the transform off). Eqs. 5-6 use raw features and Eqs. 7-8 transformed ones: we compute
+  statistics, calibration and sampling all in the transformed space and map draws back with
+  ``max(u, 0)^(1/lambda)`` (``exp(u) - 1e-6`` for lambda = 0, clamped at 0), so the head is
+  trained and tested on the encoder's own feature space.
+* ``target``: ``"max"`` (default: "up to the head-class count" = the largest class count) | an
+  integer (every class that many features; larger head classes are subsampled each epoch). The
+  gap of a tail class is spread evenly over its real features (``gap // n_c`` each, a random
+  ``gap % n_c`` of them one more). "Mixed up with real training samples" is read as concatenated
+  and shuffled into the same batches, not mixup.
+* ``kd``: true (``false`` drops the term, Table 7 "no KD"); ``kd_on``: ``"samples"`` (default: KD
+  on samples whose label is a head class, over all logits, tail samples contributing 0) |
+  ``"logits"`` (every sample, both distributions restricted to the head-class logits);
+  ``kd_temperature``: 2 (not given). The teacher is the frozen stage-1 linear head on the same
+  features.
+* ``kd_alpha``: ``{s: 1, c: 2, schedule: convex}`` ("the same as in GraLoss"), T the 0-based
+  stage-2 epoch, T_max the stage's epochs.
+* ``beta_init``: 0.6 (implementation details; the ablation text says 0.4); ``beta_step``: 0.05;
+  ``beta_bounds``: [0, 1]; ``beta_tolerance``: 0 (accuracy changes of at most this much count as
+  no change); ``adaptive_beta``: true (``false`` keeps beta fixed, the paper's "set beta to a
+  certain number", and needs no validation split).
+* Calibration: ``k`` 2 (the paper uses 2 or 3), ``gamma`` 0 (0 or 0.1), ``dispersion``
   ``"identity"`` (gamma I), ``own_covariance`` ``"class"`` (Sigma_i = covariance of x_i's class).
-* Generation cost: per epoch, one ``[m, r_c] @ [r_c, D]`` product per class c over the m draws
-  whose covariance uses it (r_c = min(n_c, D)), the noise drawn in blocks of at most
-  ``chunk_elements`` (default 2^26) elements; no Cholesky factorisation and no ``[C, D, D]`` or
-  per-feature ``[D, D]`` tensor (memory: the factors hold at most N x D numbers).
-* Epoch memory: the balanced epoch set is one device buffer of C x target x D float32 (fixed
-  shape, so the training steps can be captured in a CUDA graph), plus the generated part while it
-  is drawn. CIFAR-10-LT (ResNet-32, D = 64): 10 x 5000 x 64, 13 MB; ImageNet-LT with ResNet-50
-  (D = 2048, target 1280): about 10.5 GB; iNaturalist 2018 (8142 classes, target 1000) would need
-  about 67 GB, so there an integer ``target`` (features per class per epoch) must cap it.
-* Small classes (``min_items``, default 1 = the paper: every tail class generates): a tail class
-  with fewer than ``min_items`` training items is filled by re-drawing its real features, as a head
-  class is. Kept at 1 on evidence (natural tail with one-item classes: the fallback lowered
-  macro-F1; benchmarks/results/ng_natural_tail_analysis.md). A tail class without validation items
-  (the hold-out lends none from classes under 5 items) cannot adapt its beta: it stays at
-  ``beta_init``, and ``classes_without_val`` (recorded, with a warning) names such classes.
-* The head: the paper's figure shows LWS (a per-class scale f_c on the stage-1 logit). A scale
-  cannot lift a class whose stage-1 logit lies below the others' almost everywhere, which is what a
-  class with one or two training items has after GraLoss; ``head: lws_plus`` (LADC's LWS-Plus,
-  f_c·z_c + g_c) adds the per-class bias that can. The text configs use it (measured there); the
-  image recipes keep the paper's LWS.
-* Tukey's lambda is not given by the paper (it cites Tukey's ladder of powers, as DC does):
-  0.5, DC's value.
-* Measured effect of the readings on 20 Newsgroups-LT (configs/newsgroups_lt/glag.yaml, whose
-  sentence embeddings can be negative, so ``tukey_lambda`` 1 there; top-1 %, mean ± sample std over
-  seeds 0-2, CPU, commit f01763e, ``longtail train configs/newsgroups_lt/glag.yaml <override> seed=S``): the
-  defaults 62.06 ± 0.03 (few-shot 44.5); ``kd_on=logits`` 61.62 ± 0.09 (few 46.1);
-  ``head_split=many`` 62.71 ± 0.09 (few 44.2). The defaults stay the paper-grounded readings
-  (LADC's 60 % head rule, KD on head-class samples); the differences are below one point.
+* ``chunk_elements``: 2^26 — the generation noise is drawn in blocks of at most this many
+  elements; per epoch one ``[m, r_c] @ [r_c, D]`` product per class (r_c = min(n_c, D)).
+* Epoch memory: the balanced epoch is one fixed-shape device buffer of C x target x D float32
+  (CUDA-graph safe); for a large C x target (iNaturalist 2018: about 67 GB at ``"max"``) an
+  integer ``target`` must cap it.
+* ``min_items``: 1 (the paper: every tail class generates). A tail class with fewer training items
+  is filled by re-drawing its real features, as a head class is.
+* A tail class without validation items cannot adapt its beta: it stays at ``beta_init`` and is
+  named in ``classes_without_val`` (recorded, with a warning).
+* The head: the paper's figure shows LWS; ``head: lws_plus`` (LADC's LWS-Plus, f_c·z_c + g_c) adds
+  a per-class bias that can lift a class whose stage-1 logit is below the others almost everywhere
+  (a class with one or two training items after GraLoss). The text configs use it; the image
+  recipes keep the paper's LWS.
 
 Recorded in ``stage.options`` (and so in ``results.json`` and the checkpoints, from which a
-resumed run continues): ``head_classes``, ``target_count``, ``num_generated``,
-``beta_history`` (beta of every class before the first epoch and after each epoch's update),
-``val_balanced_acc_history`` (mean per-class validation accuracy after each epoch),
-``tail_val_acc_history`` (the same over tail classes) and ``val_acc_last``.
+resumed run continues): ``head_classes``, ``target_count``, ``num_generated``, ``beta_history``
+(beta of every class before the first epoch and after each update), ``val_balanced_acc_history``
+(mean per-class validation accuracy after each epoch), ``tail_val_acc_history`` (the same over
+tail classes) and ``val_acc_last``. Recorded measurements of these options:
+docs/method_notes.md.
 """
 from __future__ import annotations
 
