@@ -8,7 +8,7 @@ import yaml
 import longtail.engine.runner as runner
 from longtail.bench import reproduce
 from longtail.errors import ConfigError
-from tests.test_engine import tiny_dataset
+from tests.conftest import tiny_dataset
 
 SMALL = ["stages.0.epochs=2", "stages.0.batch_size=16", "stages.0.schedule.milestones=[]", "model.encoder=resnet20",
          "engine.checkpoint_every=0"]

@@ -17,7 +17,7 @@ from longtail.losses.bfs import BalancedFocalSoftmaxLoss
 from longtail.losses.class_balanced import class_balanced_weights
 from longtail.losses.logit_adjust import BalancedSoftmaxLoss
 
-from .test_engine import COUNTS, tiny_dataset
+from .conftest import COUNTS, tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = ["bwlm_ce", "bwlm_cew", "bwlm_cb", "bwlm_cbw", "bwlm_bs", "bwlm_bsw", "bwlm_bfs", "bwlm"]

@@ -10,7 +10,7 @@ from longtail.config import to_dict
 from longtail.engine.checkpoint import atomic_save, load_checkpoint, plain, rng_state, set_rng_state
 from longtail.errors import TrainingError
 
-from .test_engine import config, tiny_dataset
+from .conftest import config, tiny_dataset
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """The command line: train, eval, report, errors with exit code 2 and a fix."""
 import longtail.engine.runner as runner
 from longtail.cli import main
-from tests.test_engine import tiny_dataset
+from tests.conftest import tiny_dataset
 
 SMALL = ["stages.0.epochs=2", "stages.0.batch_size=16", "model.encoder=resnet20", "engine.progress=false"]
 

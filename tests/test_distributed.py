@@ -139,7 +139,7 @@ def test_ghm_cwap_histograms_are_summed_over_ranks(tmp_path):
 
 
 def images(_config=None) -> LongTailedDataset:
-    from tests.test_engine import tiny_dataset
+    from tests.conftest import tiny_dataset
 
     return tiny_dataset()
 

@@ -11,7 +11,7 @@ from longtail.errors import ConfigError, TrainingError
 from longtail.losses import LOSSES
 from longtail.losses.ce import CrossEntropyLoss
 
-from .test_engine import config, tiny_dataset
+from .conftest import config, tiny_dataset
 
 
 @pytest.fixture(autouse=True)

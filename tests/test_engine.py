@@ -2,52 +2,21 @@
 import json
 import time
 
-import numpy as np
 import pytest
 import torch
 
 import longtail.engine.runner as runner
-from longtail.config import load_config
-from longtail.data.dataset import ArraySplit, LongTailedDataset
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.trainer import StageTrainer
 from longtail.errors import TrainingError
 from longtail.losses.ce import CrossEntropyLoss
 
-COUNTS = [48, 24, 12, 6]
-
-
-def tiny_dataset(_config=None, val: bool = False) -> LongTailedDataset:
-    """4 classes whose 8x8 images differ in brightness, so a few epochs learn something;
-    ``val``: also a balanced validation split of 8 per class."""
-    rng = np.random.default_rng(0)
-
-    def make(labels):
-        base = rng.integers(0, 40, (len(labels), 3, 8, 8))
-        return (base + 60 * labels[:, None, None, None]).astype(np.uint8)
-
-    y = np.concatenate([np.full(n, c) for c, n in enumerate(COUNTS)])
-    yt = np.repeat(np.arange(4), 8)
-    yv = np.repeat(np.arange(4), 8)
-    return LongTailedDataset("tiny", 4, list("abcd"), ArraySplit(make(y), y), ArraySplit(make(yt), yt),
-                             val=ArraySplit(make(yv), yv) if val else None,
-                             mean=(0.5,) * 3, std=(0.25,) * 3, meta={"source": "test"})
+from .conftest import config, tiny_dataset
 
 
 @pytest.fixture(autouse=True)
 def fake_data(monkeypatch):
     monkeypatch.setattr(runner, "load_dataset", tiny_dataset)
-
-
-def config(tmp_path, method="ce", *extra):
-    return load_config(
-        mapping={"method": method, "name": method},
-        overrides=[
-            f"output_dir={tmp_path}", "engine.progress=false", "stages.0.epochs=4", "stages.0.batch_size=16",
-            "stages.0.schedule.milestones=[]", "stages.0.schedule.warmup_epochs=1", "engine.checkpoint_every=2",
-            "model.encoder=resnet20", *extra,
-        ],
-    )
 
 
 def test_run_writes_a_complete_run_folder(tmp_path):

@@ -24,7 +24,7 @@ from longtail.methods.glag import (
 from longtail.features.statistics import inverse_tukey
 from longtail.models.factory import build_model
 from longtail.models.heads import LinearHead, LWSHead
-from tests.test_engine import tiny_dataset as shared_tiny_dataset
+from tests.conftest import tiny_dataset as shared_tiny_dataset
 
 D64 = torch.float64
 

@@ -17,7 +17,7 @@ from longtail.losses.bfs import review_set_indices
 from longtail.losses.iwb import InverseWeightBalancingLoss
 from longtail.methods.bwlm import EXCLUDED_LOGIT_OFFSET, ResamplingSource
 
-from .test_engine import COUNTS, tiny_dataset
+from .conftest import COUNTS, tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BWLM_ROWS = {  # recipe -> (stage-2 loss, classifier weight decay): Table 2 of the BWLM paper

@@ -14,7 +14,7 @@ from longtail.losses.class_balanced import class_balanced_weights
 from longtail.losses.iwb import InverseWeightBalancingLoss, iwb_divergence, norm_coefficient
 from longtail.models.heads import LinearHead
 
-from .test_engine import tiny_dataset
+from .conftest import tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR100_LT_IF100 = [int(500 * 0.01 ** (c / 99)) for c in range(100)]  # conventions.md: 10,847 images

@@ -22,7 +22,7 @@ from longtail.features.calibration import (
 from longtail.features.statistics import ClassStatistics
 from longtail.methods.ladc import CalibratedFeatureSource, FactoredGaussians, LADCOptions, LADCSampler
 from longtail.models.heads import LWSHead, LWSPlusHead, LinearHead
-from tests.test_engine import tiny_dataset
+from tests.conftest import tiny_dataset
 
 
 # ------------------------------------------------------------------------- hand-computed posterior

@@ -21,7 +21,7 @@ from longtail.engine.stages import (
 from longtail.errors import ConfigError
 from longtail.losses import build_loss
 from longtail.models.heads import LinearHead, TauNormHead
-from tests.test_engine import config, tiny_dataset
+from tests.conftest import config, tiny_dataset
 
 
 @pytest.fixture(autouse=True)

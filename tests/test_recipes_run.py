@@ -6,7 +6,7 @@ import pytest
 
 import longtail.engine.runner as runner
 from longtail.config import load_config, method_names
-from tests.test_engine import tiny_dataset
+from tests.conftest import tiny_dataset
 
 RECIPES = [m for m in method_names() if m != "digits_default"]
 

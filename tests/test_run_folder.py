@@ -148,7 +148,7 @@ def test_a_failed_stage_says_what_was_kept(tmp_path, checkpoint_every, says, reg
 
 def test_nan_in_the_training_inputs_is_named_not_blamed_on_the_learning_rate(tmp_path, monkeypatch):
     """A dataset built in Python (no file check on the way): the loss turns NaN, the rows are named."""
-    from tests.test_engine import tiny_dataset
+    from tests.conftest import tiny_dataset
 
     def with_nan(_config=None):
         dataset = tiny_dataset()

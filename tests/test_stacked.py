@@ -29,7 +29,7 @@ from longtail.models.factory import ENCODERS
 from longtail.errors import ConfigError
 from longtail.models.stacked import StackedEncoder, stack_encoders
 
-from .test_engine import tiny_dataset
+from .conftest import tiny_dataset
 
 ATOL = RTOL = 1e-4
 

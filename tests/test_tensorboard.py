@@ -7,7 +7,7 @@ import pytest
 import longtail.engine.runner as runner
 from longtail.errors import ConfigError
 
-from .test_engine import config, tiny_dataset
+from .conftest import config, tiny_dataset
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from longtail.models import backbones
 from longtail.models.factory import ENCODERS, build_model
 from longtail.models.heads import LinearHead, LWSHead, LWSPlusHead, TauNormHead, as_head
 from longtail.models.resnet_cifar import CIFAR_DEPTHS, ResNetCifar
-from tests.test_engine import tiny_dataset
+from tests.conftest import tiny_dataset
 
 # ---------------------------------------------------------------- python -m longtail
 
