@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..atomic import atomic_write_text
 from ..config import RunConfig, load_config, to_dict
 from ..engine.runner import environment, git_commit, run_config, run_dir_of
 from ..engine.device import Runtime
@@ -304,7 +305,7 @@ def merge_files(paths: list[Path], output: Path) -> dict[str, Any]:
         record = {"name": record["name"], "cells": merge_cells(record["cells"], part["cells"]),
                   "parts": record["parts"] + part["parts"]}
     write_json(output, record)
-    output.with_suffix(".md").write_text(markdown(record))
+    atomic_write_text(output.with_suffix(".md"), markdown(record))
     return record
 
 
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     path = results_dir / f"{spec['name']}.json"
     record = merge_results(path, spec["name"], aggregate(spec, jobs, command), part)
     write_json(path, record)
-    (results_dir / f"{spec['name']}.md").write_text(markdown(record))
+    atomic_write_text(results_dir / f"{spec['name']}.md", markdown(record))
     print(markdown(record))
     print(f"matrix part took {wall:.0f} s; wrote {path}")
     return 0

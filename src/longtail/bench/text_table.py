@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ..config import data_name, load_config
+from ..atomic import atomic_write_text
 from ..engine import runner
 from ..engine.runner import environment, git_commit, run_config
 from ..engine.device import Runtime
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{name}.json", record)
-    (out / f"{name}.md").write_text(markdown(record))
+    atomic_write_text(out / f"{name}.md", markdown(record))
     print(markdown(record))
     print(f"wrote {out / (name + '.json')} and .md")
     return 0

@@ -14,6 +14,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from ..atomic import atomic_write_text
+
 
 def stage_one_accuracy(run_dir: Path) -> dict[int, float]:
     """``{epoch: train_acc}`` of the run's first stage."""
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             f"`{args.results}`.\n\nCommand: `{command}`\n\n" + table(results, args.methods, args.epochs))
     print(text)
     if args.output:
-        Path(args.output).write_text(text)
+        atomic_write_text(args.output, text)
     return 0
 
 

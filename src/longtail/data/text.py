@@ -319,13 +319,14 @@ def export_newsgroups(root: str | Path, path: str | Path, remove: Sequence[str] 
     import json
 
     names, splits = read_newsgroups(root)
-    path = Path(path)
-    with path.open("w", encoding="utf-8") as f:
+
+    def write(f) -> None:
         for split in ("train", "test"):
             texts, labels, _ = splits[split]
             for t, y in zip(texts, labels):
                 f.write(json.dumps({"split": split, "label": names[int(y)], "text": clean_text(t, remove)}) + "\n")
-    return path
+
+    return atomic_write(path, write, binary=False)
 
 
 def natural_tail_counts(natural_counts, seed: int = 0, num_natural: int = 10, top: float = 40.0,
@@ -360,13 +361,14 @@ def export_natural_tail(root: str | Path, path: str | Path, seed: int = 0, remov
     texts, labels, _ = splits["train"]
     counts = natural_tail_counts(np.bincount(labels, minlength=len(names)), seed=seed, **profile)
     keep = np.sort(select_long_tailed(labels, counts, rule="shuffle", seed=seed))
-    path = Path(path)
-    with path.open("w", encoding="utf-8") as f:
-        rows = [("train", texts[i], labels[i]) for i in keep]
-        rows += [("test", t, y) for t, y in zip(*splits["test"][:2])]
+    rows = [("train", texts[i], labels[i]) for i in keep]
+    rows += [("test", t, y) for t, y in zip(*splits["test"][:2])]
+
+    def write(f) -> None:
         for split, text, y in rows:
             f.write(json.dumps({"split": split, "label": names[int(y)], "text": clean_text(text, remove)}) + "\n")
-    return path
+
+    return atomic_write(path, write, binary=False)
 
 
 def build_newsgroups_lt(
