@@ -26,6 +26,7 @@ import yaml
 from .errors import ConfigError
 from .registry import closest
 from .scaling import apply_epoch_scale
+from .schedules import SCHEDULES
 
 
 @dataclass
@@ -94,7 +95,7 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "multistep"  # multistep | cosine | constant
+    name: str = "multistep"  # multistep | cosine | constant, or any name in longtail.schedules.SCHEDULES
     warmup_epochs: int = 0
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
@@ -461,10 +462,10 @@ def validate(config: RunConfig) -> None:
         if "name" not in stage.sampler:
             raise ConfigError(f"{where}.sampler needs a name (e.g. sampler: {{name: instance}})")
         sched = stage.schedule
-        if sched.name not in ("multistep", "cosine", "constant"):
+        if sched.name not in SCHEDULES:
             raise ConfigError(
-                f"{where}.schedule.name {sched.name!r}{closest(sched.name, ['multistep', 'cosine', 'constant'])} "
-                "is not one of multistep, cosine, constant"
+                f"{where}.schedule.name {sched.name!r}{closest(sched.name, SCHEDULES)} "
+                f"is not one of {', '.join(SCHEDULES)}"
             )
         if stage.iterations < 0:
             raise ConfigError(f"{where}.iterations must be 0 (use epochs) or positive, got {stage.iterations}")

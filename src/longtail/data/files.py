@@ -20,6 +20,7 @@ from torchvision import transforms as T
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from .augmentations import file_transforms
 from .dataset import ClassCountedDataset
 from .splitfile import ClassFolderDataset, load_image, read_split_file
 
@@ -74,16 +75,15 @@ class FileDataset(ClassCountedDataset):
 
 
 def train_transform(image_size: int, mean, std, augment: str = "crop_flip") -> Callable:
-    """RandomResizedCrop + flip + ColorJitter 0.4 (+ a RandAugment/AutoAugment policy); ``none``:
-    the evaluation transform."""
-    policies = {"crop_flip": [], "randaugment": [T.RandAugment()], "autoaugment": [T.AutoAugment()]}
-    if augment == "none":
+    """RandomResizedCrop + flip + ColorJitter 0.4 (+ the augment's own transforms, e.g. a
+    RandAugment/AutoAugment policy: ``data.augmentations.AUGMENTATIONS``); ``none``: the evaluation
+    transform."""
+    policy = file_transforms(augment)
+    if policy is None:
         return eval_transform(image_size, mean, std)
-    if augment not in policies:
-        raise ConfigError(f"unknown augment {augment!r}; valid: none, crop_flip, randaugment, autoaugment")
     return T.Compose(
         [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4)]
-        + policies[augment]
+        + policy
         + [T.ToTensor(), T.Normalize(mean, std)]
     )
 

@@ -1,4 +1,4 @@
-"""Batch mixing: mixup (Zhang et al. 2018) and Remix (Chou et al. 2020).
+"""Batch mixing: mixup (Zhang et al. 2018) and Remix (Chou et al. 2020), by name in ``MIXING``.
 
 Both mix each sample with a partner chosen by a random permutation of the batch and return
 a :class:`MixedBatch`; :func:`mixed_loss` turns it into the loss
@@ -10,13 +10,13 @@ or ``generator``).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
 from ..errors import ConfigError
 from ..losses.base import Loss
-from ..registry import closest
+from ..registry import Registry, closest
 
 
 class MixedBatch(NamedTuple):
@@ -133,19 +133,91 @@ def mixed_loss(loss_fn: Loss, logits: torch.Tensor, batch: MixedBatch) -> torch.
     return loss_fn(logits, batch.y_a, sample_weight=lam) + loss_fn(logits, batch.y_b, sample_weight=1 - lam)
 
 
+# ---------------------------------------------------------------- mixing schemes by name
+
+MIXING = Registry("mixing")
+
+
+class MixingScheme:
+    """A batch-mixing scheme of :data:`MIXING`, named by a stage's ``mixing: {name: ..., **options}``.
+
+    ``mix(x, y, **options, generator=None)`` — with ``uses_counts``, ``mix(x, y, class_counts, **options,
+    generator=None)`` (the training count per class, a tensor on ``x``'s device) — returns a
+    :class:`MixedBatch`; its keyword parameters other than ``generator`` are the config options, and
+    :meth:`check` refuses bad option values before stage 1 trains. A new scheme::
+
+        @MIXING.register("mymix")
+        class MyMix(MixingScheme):
+            @staticmethod
+            def mix(x, y, alpha=1.0, generator=None): ...
+    """
+
+    uses_counts = False
+
+    @staticmethod
+    def mix(x: torch.Tensor, y: torch.Tensor, **options: Any) -> MixedBatch:
+        raise NotImplementedError
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.mix).parameters if p not in ("x", "y", "class_counts", "generator")]
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        """Raise a ConfigError for a bad option value (the names are checked already)."""
+
+
+@MIXING.register("mixup")
+class Mixup(MixingScheme):
+    """:func:`mixup`: options alpha, per_sample."""
+
+    mix = staticmethod(mixup)
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        _check_alpha(options.get("alpha", 1.0))
+
+
+@MIXING.register("remix")
+class Remix(MixingScheme):
+    """:func:`remix`: options alpha, kappa, tau, per_sample."""
+
+    uses_counts = True
+    mix = staticmethod(remix)
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        _check_alpha(options.get("alpha", 1.0))
+        _check_kappa(options.get("kappa", 3.0))
+
+
 def check_mixing(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(name, options)`` of a mixing spec ``{name: mixup | remix, **options}``, validated: an unknown
-    scheme or option name, α ≤ 0 or κ < 1 raise a ConfigError (``generator`` is not a config option)."""
+    """``(name, options)`` of a mixing spec ``{name: <a MIXING name>, **options}``, validated: an unknown
+    scheme or option name, or a bad value (mixup / Remix: α ≤ 0, κ < 1) raise a ConfigError
+    (``generator`` is not a config option)."""
     options = dict(spec)
     name = options.pop("name", None)
-    schemes = {"mixup": mixup, "remix": remix}
-    if name not in schemes:
-        raise ConfigError(f"unknown mixing {name!r}{closest(str(name), schemes)}; valid: mixup, remix")
-    valid = [p for p in inspect.signature(schemes[name]).parameters if p not in ("x", "y", "class_counts", "generator")]
+    if not isinstance(name, str) or name not in MIXING:
+        raise ConfigError(f"unknown mixing {name!r}{closest(str(name), MIXING)}; valid: {', '.join(MIXING)}")
+    scheme = MIXING.get(name)
+    valid = scheme.option_names()
     for key in options:
         if key not in valid:
             raise ConfigError(f"unknown option {key!r} for mixing {name!r}{closest(key, valid)}; valid: {', '.join(valid)}")
-    _check_alpha(options.get("alpha", 1.0))
-    if name == "remix":
-        _check_kappa(options.get("kappa", 3.0))
+    scheme.check(options)
     return name, options
+
+
+def build_mixer(
+    spec: Mapping[str, Any] | None, class_counts: Callable[[], torch.Tensor]
+) -> Callable[[torch.Tensor, torch.Tensor], MixedBatch] | None:
+    """The stage's mixing ``spec`` (None or empty: no mixing) as ``mixer(x, y) -> MixedBatch``;
+    ``class_counts()`` gives the training counts on the device (called only for schemes that use them)."""
+    if not spec:
+        return None
+    name, options = check_mixing(spec)
+    scheme = MIXING.get(name)
+    if scheme.uses_counts:
+        counts = class_counts()
+        return lambda x, y: scheme.mix(x, y, counts, **options)
+    return lambda x, y: scheme.mix(x, y, **options)

@@ -66,7 +66,7 @@ from .concurrency import DEVICE_RNG_LOCK
 from .device import Runtime
 from .maxnorm import MaxNorm
 from .runner import Run
-from .schedules import factor_table
+from .schedules import SCHEDULES, factor_table
 from .sources import DeviceSource, epochs_for_iterations, steps_per_epoch
 from .stages import RunContext, SupervisedStage, _augment, _mixer, build_stage_loss, stage_kind
 from .trainer import DEFAULT_DIVERGENCE_FACTOR, build_param_groups
@@ -80,10 +80,8 @@ STACKABLE_ENCODERS = (
 # ---------------------------------------------------------------------------- compatibility
 def _schedule_key(schedule) -> dict[str, Any]:
     key = to_dict(schedule)
-    if schedule.name != "multistep" or not schedule.milestones:
-        key.pop("gamma")  # has no effect
-    if schedule.name != "cosine":
-        key.pop("final_lr")
+    for name in SCHEDULES.get(schedule.name).ignored_keys(schedule):  # keys that have no effect
+        key.pop(name)
     return key
 
 

@@ -27,8 +27,8 @@ from torch import nn
 from ..config import RunConfig, StageConfig
 from ..data.dataset import LongTailedDataset
 from ..data.files import FileDataset, FileSplit
-from ..data.gpu_augment import AutoAugment, RandAugment, random_crop_flip
-from ..data.mixing import check_mixing, mixed_loss, mixup, remix
+from ..data.augmentations import augment_spec, build_augment, file_transforms
+from ..data.mixing import build_mixer, check_mixing, mixed_loss
 from ..data.sampling import build_sampler
 from ..errors import ConfigError
 from ..eval.metrics import per_class_accuracy
@@ -38,7 +38,7 @@ from ..losses.base import check_loss_options
 from ..losses.logit_adjust import posthoc_logit_adjustment
 from ..models.factory import LTModel
 from ..models.heads import HEADS, FrozenBaseHead, Head, LinearHead, NCMHead, TauNormHead
-from ..registry import Registry, closest
+from ..registry import Registry
 from .device import Runtime
 from .file_source import LoaderSource, eval_batches
 from .maxnorm import MaxNorm
@@ -174,41 +174,19 @@ def check_head_fits(ctx: RunContext, stage: StageConfig) -> None:
         )
 
 
-AUGMENT_POLICIES = {"randaugment": RandAugment, "autoaugment": AutoAugment}
-
-
 def _augment_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(name, options)`` of an augment given by name or as ``{name: ..., **options}``, validated."""
-    options = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = str(options.pop("name", None))
-    names = ["none", "crop_flip", *AUGMENT_POLICIES]
-    if name not in names:
-        raise ConfigError(f"unknown augment {name!r}{closest(name, names)}; valid: {', '.join(names)}")
-    valid = list(inspect.signature(AUGMENT_POLICIES[name]).parameters) if name in AUGMENT_POLICIES else []
-    for key in options:
-        if key not in valid:
-            raise ConfigError(
-                f"unknown option {key!r} for augment {name!r}{closest(key, valid)}; valid: {', '.join(valid) or '(none)'}"
-            )
-    return name, options
+    """``(name, options)`` of an augment given by name or as ``{name: ..., **options}``, validated
+    (``data.augmentations.AUGMENTATIONS``)."""
+    return augment_spec(spec)
 
 
 def _augment(spec: str | dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The GPU augmentation ``spec``: ``none``, ``crop_flip`` (random crop of the padded image +
-    horizontal flip), or ``randaugment`` / ``autoaugment``, by name or as a mapping with the
-    policy's options (:class:`RandAugment`: num_ops, magnitude, num_magnitude_bins,
-    interpolation; :class:`AutoAugment`: policy cifar10 | imagenet | svhn, interpolation).
-    Order: the policy is applied first, then random crop + flip."""
-    name, options = _augment_spec(spec)
-    if name == "none":
-        return None
-    if name == "crop_flip":
-        return random_crop_flip
-    try:
-        policy = AUGMENT_POLICIES[name](**options).to(device)
-    except ValueError as err:
-        raise ConfigError(f"augment {name!r}: {err}") from None
-    return lambda x: random_crop_flip(policy(x))
+    """The GPU augmentation ``spec`` (``data.augmentations.AUGMENTATIONS``): ``none``, ``crop_flip``
+    (random crop of the padded image + horizontal flip), or ``randaugment`` / ``autoaugment``, by name
+    or as a mapping with the policy's options (:class:`RandAugment`: num_ops, magnitude,
+    num_magnitude_bins, interpolation; :class:`AutoAugment`: policy cifar10 | imagenet | svhn,
+    interpolation). Order: the policy is applied first, then random crop + flip."""
+    return build_augment(spec, device)
 
 
 def build_stage_loss(ctx: RunContext, spec: dict[str, Any]) -> nn.Module:
@@ -224,13 +202,8 @@ def build_stage_loss(ctx: RunContext, spec: dict[str, Any]) -> nn.Module:
 
 
 def _mixer(ctx: RunContext, spec: dict[str, Any] | None):
-    if not spec:
-        return None
-    name, options = check_mixing(spec)
-    if name == "mixup":
-        return lambda x, y: mixup(x, y, **options)
-    counts = ctx.counts_tensor()
-    return lambda x, y: remix(x, y, counts, **options)
+    """The stage's mixing (``data.mixing.MIXING``) as ``mixer(x, y)``, or None without one."""
+    return build_mixer(spec, lambda: ctx.counts_tensor())
 
 
 def make_plan(
@@ -288,11 +261,16 @@ class SupervisedStage(StageKind):
                 _augment(stage.augment, torch.device("cpu"))  # values too (e.g. magnitude, policy)
             except ConfigError as err:
                 raise ConfigError(f"stage {stage.name!r}: {err}") from None
-            if options and isinstance(ctx.splits["train"][0], FileSplit):
-                raise ConfigError(
-                    f"stage {stage.name!r}: augment options apply to in-memory images and this run streams its "
-                    f"images from disk: give the augment by name (augment: {name})"
-                )
+            if isinstance(ctx.splits["train"][0], FileSplit):
+                if options:
+                    raise ConfigError(
+                        f"stage {stage.name!r}: augment options apply to in-memory images and this run streams its "
+                        f"images from disk: give the augment by name (augment: {name})"
+                    )
+                try:
+                    file_transforms(name)
+                except ConfigError as err:
+                    raise ConfigError(f"stage {stage.name!r}: {err}") from None
 
     def training_data(self, ctx: RunContext, stage: StageConfig, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The stage's training inputs and labels (subclasses may select a subset)."""
