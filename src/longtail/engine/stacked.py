@@ -43,10 +43,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import copy
-import dataclasses
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -66,10 +64,10 @@ from .concurrency import DEVICE_RNG_LOCK
 from .device import Runtime
 from .maxnorm import MaxNorm
 from .runner import Run
-from .schedules import SCHEDULES, factor_table
+from .schedules import SCHEDULES
 from .sources import DeviceSource, epochs_for_iterations, steps_per_epoch
 from .stages import RunContext, SupervisedStage, _augment, _mixer, build_stage_loss, stage_kind
-from .trainer import DEFAULT_DIVERGENCE_FACTOR, build_param_groups
+from .trainer import DEFAULT_DIVERGENCE_FACTOR, StepLoop, build_param_groups, nonfinite_count
 
 STACKABLE_ENCODERS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet32x8",
@@ -268,10 +266,12 @@ class StackedPlan:
     compiled: bool = False
 
 
-class StackedTrainer:
+class StackedTrainer(StepLoop):
     """Runs the epochs of a :class:`StackedPlan`: :class:`~longtail.engine.trainer.StageTrainer`'s
     loop (device-side lr table, fused SGD on CUDA, one CUDA graph for the whole step, one host sync
     per epoch) for K members at once; metrics come back per member."""
+
+    label = "stacked stage"
 
     def __init__(self, plan: StackedPlan, runtime: Runtime, progress: bool = True,
                  divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR, stage_index: int | None = None):
@@ -292,28 +292,12 @@ class StackedTrainer:
         for m in members:
             named += [(f"{prefix}{n}", p) for n, p in m.head.named_parameters() if p.requires_grad]
         self.named_params = named
-        device = runtime.device
-        groups = build_param_groups(named, plan.optimizer)
-        self.lr_tables = []
-        for group in groups:
-            table = factor_table(plan.schedule, plan.epochs, self.steps, group["base_lr"]) * group["base_lr"]
-            self.lr_tables.append(torch.as_tensor(table, device=device))
-            group["lr"] = torch.tensor(float(table[0]), device=device)
-        self.optimizer = torch.optim.SGD(
-            groups, lr=plan.optimizer.lr, momentum=plan.optimizer.momentum, nesterov=plan.optimizer.nesterov,
-            weight_decay=plan.optimizer.weight_decay, fused=device.type == "cuda",
-        )
+        self._init_loop(named, plan.optimizer, plan.schedule, self.steps, (self.k, 2))
         check = getattr(_trainer, "DivergenceCheck", None)
         for m in members:
             m.check = check(f"{plan.name} ({m.name})", divergence_factor,
                              f"stages.{stage_index}" if stage_index is not None else "stages.N", plan.optimizer.lr) if check else None
-        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
-        self.totals = torch.zeros(self.k, 2, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
         self.swap = True  # each member's own random stream (off inside a CUDA graph)
-        self.fallback_reason = ""
-        self.compile_seconds = 0.0
-        self._started = False
 
     # ------------------------------------------------------------------ the step
     def _step(self) -> None:
@@ -356,10 +340,7 @@ class StackedTrainer:
                 logits_all.append(logits)
             total = torch.stack([loss.float() for loss in losses]).sum()
         total.backward()
-        for group, table in zip(self.optimizer.param_groups, self.lr_tables):
-            group["lr"].copy_(table.index_select(0, self.step_index).view(()))
-        self.step_index.add_(1)
-        self.optimizer.step()
+        self._optimizer_step()
         for m in members:
             for constraint in m.post_step:
                 constraint()
@@ -367,52 +348,11 @@ class StackedTrainer:
                  for loss, logits, (_, y) in zip(losses, logits_all, batches)]
         self.totals.add_(torch.stack(stats))
 
-    def _eager_step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self._step()
+    def _capturing(self, on: bool) -> None:
+        self.swap = not on  # generator states cannot be swapped inside a graph
 
-    def _capture(self, warmup: int) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):
-                self._eager_step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.swap = False  # generator states cannot be swapped inside a graph
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
-            self._step()
-        torch.cuda.current_stream().synchronize()
-        self.graph = graph
-
-    def _first_steps(self, last: int) -> int:
-        start = time.perf_counter()
-        done = 0
-        if self.plan.compiled and last > 0:
-            try:
-                with DEVICE_RNG_LOCK:
-                    self._eager_step()
-            except Exception as exc:  # noqa: BLE001
-                raise TrainingError(f"stacked stage {self.plan.name!r}: torch.compile failed ({type(exc).__name__}: "
-                                    f"{exc}); run with engine.compile=off") from exc
-            done = 1
-        if done < last and self._use_graph():
-            warmup = min(3, last - done)
-            try:
-                with DEVICE_RNG_LOCK:
-                    self._capture(warmup)
-            except RuntimeError as exc:
-                self.graph = None
-                self.swap = True
-                self.fallback_reason = f"CUDA graph capture failed: {exc}"
-                warnings.warn(f"stacked stage {self.plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=2)
-                self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
-            done += warmup
-        if self.runtime.device.type == "cuda":
-            torch.cuda.synchronize(self.runtime.device)
-        self.compile_seconds = time.perf_counter() - start if done else 0.0
-        return done
+    def _compile_error(self, exc: Exception) -> str:
+        return f"{self.label} {self.plan.name!r}: torch.compile failed ({type(exc).__name__}: {exc}); run with engine.compile=off"
 
     def _use_graph(self) -> bool:
         if not self.runtime.cuda_graph:
@@ -443,21 +383,12 @@ class StackedTrainer:
                     m.source.start_epoch(epoch)
             self.step_index.fill_(epoch * self.steps)
             self.totals.zero_()
-        last = self.steps if not plan.max_steps else min(self.steps, plan.max_steps - epoch * self.steps)
-        done = self._first_steps(last) if not self._started else 0
-        self._started = True
-        for _ in range(done, last):
-            with DEVICE_RNG_LOCK:
-                if self.graph is not None:
-                    self.graph.replay()
-                else:
-                    self._eager_step()
+        last = self._train_steps(epoch, self.steps)
         with DEVICE_RNG_LOCK:
             for m in plan.members:
                 m.loss_fn.on_epoch_end()
-        params = [p for _, p in self.named_params]
-        bad = torch.stack([~torch.isfinite(p.detach()).all() for p in params]).any() if params else torch.tensor(False)
-        stats = torch.cat([self.totals.flatten(), bad.float().view(1).to(self.totals.device)]).tolist()  # one sync
+        bad = nonfinite_count([p for _, p in self.named_params], self.totals)
+        stats = torch.cat([self.totals.flatten(), bad]).tolist()  # one sync
         lr = float(self.optimizer.param_groups[0]["lr"])
         seen = last * plan.members[0].source.batch_size
         out = []

@@ -119,59 +119,63 @@ class DivergenceCheck:
         self.lowest, self.first, self.since = state["lowest"], state["first"], state["since"]
 
 
-class StageTrainer:
-    """Runs the epochs of one :class:`StagePlan`; ``stage_index`` names the stage in messages."""
+def nonfinite_count(params: list[nn.Parameter], like: torch.Tensor) -> torch.Tensor:
+    """How many of ``params`` hold NaN or inf, as a 1-element tensor of ``like``'s dtype and device."""
+    if not params:
+        return like.new_zeros(1)
+    return torch.stack([~torch.isfinite(p.detach()).all() for p in params]).sum().to(like.dtype).view(1)
 
-    def __init__(self, plan: StagePlan, runtime: Runtime, progress: bool = True,
-                 divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR, stage_index: int | None = None):
-        self.plan, self.runtime, self.progress = plan, runtime, progress
-        where = f"stages.{stage_index}" if stage_index is not None else "stages.N"
-        self.check = DivergenceCheck(plan.name, divergence_factor, where, plan.optimizer.lr)
-        device = runtime.device
-        steps = plan.source.steps_per_epoch
-        groups = build_param_groups(plan.named_params, plan.optimizer)
+
+class StepLoop:
+    """The step loop :class:`StageTrainer` and :class:`~longtail.engine.stacked.StackedTrainer` share:
+    SGD with device-side lr tables, the first steps (torch.compile, CUDA-graph capture or eager
+    fallback) and the graph-or-eager steps. A subclass sets ``plan`` (``name``, ``epochs``,
+    ``max_steps``, ``compiled``) and ``runtime``, and defines ``_step`` and ``_use_graph``."""
+
+    label = "stage"  # names the trainer in warnings and errors
+
+    def _init_loop(self, named_params, optimizer: OptimizerConfig, schedule: ScheduleConfig, steps: int,
+                   totals: tuple[int, ...]) -> None:
+        device = self.runtime.device
+        groups = build_param_groups(named_params, optimizer)
         self.lr_tables = []
         for group in groups:
-            table = factor_table(plan.schedule, plan.epochs, steps, group["base_lr"]) * group["base_lr"]
+            table = factor_table(schedule, self.plan.epochs, steps, group["base_lr"]) * group["base_lr"]
             self.lr_tables.append(torch.as_tensor(table, device=device))
             group["lr"] = torch.tensor(float(table[0]), device=device)
         self.optimizer = torch.optim.SGD(
             groups,
-            lr=plan.optimizer.lr,
-            momentum=plan.optimizer.momentum,
-            nesterov=plan.optimizer.nesterov,
-            weight_decay=plan.optimizer.weight_decay,
+            lr=optimizer.lr,
+            momentum=optimizer.momentum,
+            nesterov=optimizer.nesterov,
+            weight_decay=optimizer.weight_decay,
             fused=device.type == "cuda",
         )
-        self.loss_step = plan.compute_loss
-        if runtime.world.size > 1:  # engine/distributed.py
-            self.loss_step = data_parallel(plan.compute_loss, [p for _, p in plan.named_params], plan.train_modules, device,
-                                           static=plan.graph_safe)
         self.step_index = torch.zeros(1, dtype=torch.long, device=device)
-        self.totals = torch.zeros(2, device=device)  # sum of batch losses, correct predictions
+        self.totals = torch.zeros(*totals, device=device)  # per row: sum of batch losses, correct predictions
         self.graph: torch.cuda.CUDAGraph | None = None
         self.fallback_reason = ""
         self.compile_seconds = 0.0  # one-off: CUDA-graph capture and/or torch.compile
         self._started = False
 
-    # ------------------------------------------------------------------ the step
-    def _step(self) -> None:
-        x, y = self.plan.source.next()
-        with self.runtime.autocast():
-            loss, logits = self.loss_step(x, y)
-        loss.backward()  # under DDP, also the gradients' average over the ranks
+    def _optimizer_step(self) -> None:
+        """Set the step's learning rates from the tables, then step (after ``backward``)."""
         for group, table in zip(self.optimizer.param_groups, self.lr_tables):
             group["lr"].copy_(table.index_select(0, self.step_index).view(()))
         self.step_index.add_(1)
         self.optimizer.step()
-        for constraint in self.plan.post_step:
-            constraint()
-        correct = (logits.detach().argmax(1) == y).sum()
-        self.totals.add_(torch.stack([loss.detach().float(), correct.float()]))
 
     def _eager_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self._step()
+
+    def _capturing(self, on: bool) -> None:
+        """Called with True just before the capture, with False when it failed."""
+
+    def _compile_error(self, exc: Exception) -> str:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return (f"{self.label} {self.plan.name!r}: torch.compile failed ({type(exc).__name__}: {reason}); "
+                "run with engine.compile=off. The last checkpoint in the run folder is intact.")
 
     def _capture(self, warmup: int) -> None:
         """Run ``warmup`` real steps on a side stream, then capture one step in a CUDA graph."""
@@ -182,6 +186,7 @@ class StageTrainer:
                 self._eager_step()
         torch.cuda.current_stream().wait_stream(stream)
         self.optimizer.zero_grad(set_to_none=True)
+        self._capturing(True)
         graph = torch.cuda.CUDAGraph()
         # A capture stream of our own and thread-local error mode let several runs capture and
         # replay concurrently from different threads (``longtail bench reproduce --concurrent``).
@@ -201,11 +206,7 @@ class StageTrainer:
                 with DEVICE_RNG_LOCK:
                     self._eager_step()  # compiles
             except Exception as exc:  # noqa: BLE001 - any compiler failure gets the same fix
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise TrainingError(
-                    f"stage {self.plan.name!r}: torch.compile failed ({type(exc).__name__}: {reason}); "
-                    "run with engine.compile=off. The last checkpoint in the run folder is intact."
-                ) from exc
+                raise TrainingError(self._compile_error(exc)) from exc
             done = 1
         if done < last and self._use_graph():
             warmup = min(3, last - done)
@@ -214,14 +215,56 @@ class StageTrainer:
                     self._capture(warmup)
             except RuntimeError as exc:  # capture failed: the warm-up steps stand, go on eagerly
                 self.graph = None
+                self._capturing(False)
                 self.fallback_reason = f"CUDA graph capture failed: {exc}"
-                warnings.warn(f"stage {self.plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=2)
+                warnings.warn(f"{self.label} {self.plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=3)
                 self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
             done += warmup
         if self.runtime.device.type == "cuda":
             torch.cuda.synchronize(self.runtime.device)
         self.compile_seconds = time.perf_counter() - start if done else 0.0
         return done
+
+    def _train_steps(self, epoch: int, steps: int) -> int:
+        """Run epoch ``epoch``'s steps (``steps`` a full epoch), replaying the graph or eagerly; returns how many."""
+        max_steps = self.plan.max_steps
+        last = steps if not max_steps else min(steps, max_steps - epoch * steps)
+        done = self._first_steps(last) if not self._started else 0
+        self._started = True
+        for _ in range(done, last):
+            with DEVICE_RNG_LOCK:
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._eager_step()
+        return last
+
+
+class StageTrainer(StepLoop):
+    """Runs the epochs of one :class:`StagePlan`; ``stage_index`` names the stage in messages."""
+
+    def __init__(self, plan: StagePlan, runtime: Runtime, progress: bool = True,
+                 divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR, stage_index: int | None = None):
+        self.plan, self.runtime, self.progress = plan, runtime, progress
+        where = f"stages.{stage_index}" if stage_index is not None else "stages.N"
+        self.check = DivergenceCheck(plan.name, divergence_factor, where, plan.optimizer.lr)
+        self._init_loop(plan.named_params, plan.optimizer, plan.schedule, plan.source.steps_per_epoch, (2,))
+        self.loss_step = plan.compute_loss
+        if runtime.world.size > 1:  # engine/distributed.py
+            self.loss_step = data_parallel(plan.compute_loss, [p for _, p in plan.named_params], plan.train_modules,
+                                           runtime.device, static=plan.graph_safe)
+
+    # ------------------------------------------------------------------ the step
+    def _step(self) -> None:
+        x, y = self.plan.source.next()
+        with self.runtime.autocast():
+            loss, logits = self.loss_step(x, y)
+        loss.backward()  # under DDP, also the gradients' average over the ranks
+        self._optimizer_step()
+        for constraint in self.plan.post_step:
+            constraint()
+        correct = (logits.detach().argmax(1) == y).sum()
+        self.totals.add_(torch.stack([loss.detach().float(), correct.float()]))
 
     def _use_graph(self) -> bool:
         if not self.runtime.cuda_graph:
@@ -254,22 +297,13 @@ class StageTrainer:
             plan.source.start_epoch(epoch)
             self.step_index.fill_(epoch * steps)
             self.totals.zero_()
-        last = steps if not plan.max_steps else min(steps, plan.max_steps - epoch * steps)
-        done = self._first_steps(last) if not self._started else 0
-        self._started = True
-        for _ in range(done, last):
-            with DEVICE_RNG_LOCK:
-                if self.graph is not None:
-                    self.graph.replay()
-                else:
-                    self._eager_step()
+        last = self._train_steps(epoch, steps)
         with DEVICE_RNG_LOCK:
             for hook in plan.hooks:
                 hook.on_epoch_end()
         world = self.runtime.world
         broadcast_buffers_(plan.train_modules, world)  # rank 0's BatchNorm statistics everywhere
-        bad_weights = torch.stack([~torch.isfinite(p.detach()).all() for _, p in plan.named_params]).sum()
-        stats = torch.cat([self.totals, bad_weights.to(self.totals.dtype).view(1)])
+        stats = torch.cat([self.totals, nonfinite_count([p for _, p in plan.named_params], self.totals)])
         loss_sum, correct, bad = sum_(stats, world).tolist()  # the one host sync of the epoch
         loss_sum /= world.size  # each rank's loss is the mean over its slice of the batch
         seen = last * plan.source.batch_size
