@@ -60,7 +60,7 @@ def fake_data(monkeypatch):
 def test_review_stage_losses_use_the_counts_of_the_review_set(tmp_path, fake_data):
     """Default loss_counts: review (issue 17): CB and BS weights from D^'s counts, not D's."""
     cfg = tiny_config(tmp_path, "stages.1.loss.alpha=0.5")
-    ctx = runner.Run(cfg)._build()
+    ctx = runner.Run(cfg).build()
     for stage in cfg.stages:
         stage_kind(stage.kind).prepare(ctx, stage)
     stage = cfg.stages[1]
@@ -110,7 +110,7 @@ def test_bias_only_review_stage_learns_no_prior_by_default(tmp_path, fake_data, 
     if loss_counts:
         extra.append(f"stages.1.options.loss_counts={loss_counts}")
     cfg = tiny_config(tmp_path, *extra)
-    ctx = runner.Run(cfg)._build()
+    ctx = runner.Run(cfg).build()
     for stage in cfg.stages:
         stage_kind(stage.kind).prepare(ctx, stage)
     plan = stage_kind("bwlm_review").build(ctx, cfg.stages[1])
@@ -181,7 +181,7 @@ def file_config(tmp_path, *extra):
 
 def test_both_stages_on_streamed_images(image_lists):
     cfg = file_config(image_lists)
-    ctx = runner.Run(cfg)._build()
+    ctx = runner.Run(cfg).build()
     assert isinstance(ctx.splits["train"][0], FileSplit)
     stage1, stage2 = cfg.stages
     kind = stage_kind(stage1.kind)

@@ -22,18 +22,18 @@ def test_every_checkpoint_a_run_writes_loads_with_weights_only(tmp_path):
     """checkpoint.pt (periodic, mid-stage: optimizer and loss state, RNG) and the stage files of a
     two-stage run whose stage options carry values of its own (MaxNorm's threshold)."""
     cfg = config(tmp_path, "wd_maxnorm_cb", "stages.0.epochs=3", "stages.1.epochs=1", "engine.checkpoint_every=2")
-    original = runner.Run._save
+    original = runner.RunFolder.save
     saved = []
 
     def save_and_reload(self, ctx, stage_index, epoch, trainer):
         original(self, ctx, stage_index, epoch, trainer)
         saved.append(torch.load(self.run_dir / "checkpoint.pt", weights_only=True))  # no allowlist at all
 
-    runner.Run._save = save_and_reload
+    runner.RunFolder.save = save_and_reload
     try:
         runner.run_config(cfg)
     finally:
-        runner.Run._save = original
+        runner.RunFolder.save = original
     assert any(s["trainer"] is not None for s in saved)  # a mid-stage checkpoint, with optimizer state
     files = sorted((tmp_path / "wd_maxnorm_cb" / "seed0").glob("*.pt"))
     assert len(files) == 3

@@ -58,14 +58,14 @@ class PoisonHead(CrossEntropyLoss):
 
 def _saves(monkeypatch):
     """The bytes of checkpoint.pt after each save."""
-    original, saved = runner.Run._save, []
+    original, saved = runner.RunFolder.save, []
 
     def save(self, ctx, stage_index, epoch, trainer):
         original(self, ctx, stage_index, epoch, trainer)
         if self.writes:
             saved.append((self.run_dir / "checkpoint.pt").read_bytes())
 
-    monkeypatch.setattr(runner.Run, "_save", save)
+    monkeypatch.setattr(runner.RunFolder, "save", save)
     return saved
 
 

@@ -75,7 +75,7 @@ def test_splitfile_run_end_to_end(tmp_path, image_root):
 
 def test_streamed_stage_runs_eagerly_with_its_reason(tmp_path, image_root):
     run = runner.Run(config(tmp_path, image_root))
-    ctx = run._build()
+    ctx = run.build()
     assert isinstance(ctx.splits["train"][0], FileSplit) and ctx.splits["train"][1].tolist() == sorted(
         sum(([c] * n for c, n in enumerate(TRAIN_COUNTS)), [])
     )

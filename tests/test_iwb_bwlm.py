@@ -50,7 +50,7 @@ def config(tmp_path, method, *extra):
 
 def context(cfg):
     """The run's context (data on the device, the seeded initial model), no training."""
-    return runner.Run(cfg)._build()
+    return runner.Run(cfg).build()
 
 
 # ------------------------------------------------------------------------------ BWLM stage 1

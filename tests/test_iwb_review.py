@@ -178,17 +178,17 @@ def test_maxnorm_threshold_survives_a_resume_within_stage2(tmp_path, monkeypatch
         f"output_dir={tmp_path}", "engine.progress=false", "model.encoder=resnet20", "engine.checkpoint_every=2",
         "stages.0.epochs=2", "stages.0.batch_size=16", "stages.1.epochs=4", "stages.1.batch_size=16",
         "stages.1.optimizer.lr=0.5"])
-    log = runner.Run._log
+    log = runner.RunFolder.log
 
     def interrupt(self, record):
         log(self, record)
         if record.get("stage") == "maxnorm_cb" and record.get("epoch") == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.Run, "_log", interrupt)
+    monkeypatch.setattr(runner.RunFolder, "log", interrupt)
     with pytest.raises(KeyboardInterrupt):
         runner.run_config(cfg())
-    monkeypatch.setattr(runner.Run, "_log", log)
+    monkeypatch.setattr(runner.RunFolder, "log", log)
     runner.run_config(cfg())  # resumes stage 2 at epoch 2
     assert len(seen) == 2
     torch.testing.assert_close(seen[1], seen[0])

@@ -24,13 +24,13 @@ def evaluate_run(run_dir: Path, per_class: bool = False, split: str = "test") ->
     config.engine.progress = config.engine.tensorboard = False
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     run = Run(config)
-    ctx = run._build()
+    ctx = run.build()
     for index, stage in enumerate(config.stages[: checkpoint["stage"] + 1]):
         stage_kind(stage.kind).prepare(ctx, stage)
     load_weights(ctx.model, checkpoint["model"], run_dir / "checkpoint.pt")
     if split not in ctx.splits:
         raise ConfigError(f"the run has no {split} split (set data.val_per_class > 0 for a validation split)")
-    result = run._evaluate(ctx, split)
+    result = run.evaluate(ctx, split)
     stage = config.stages[checkpoint["stage"]]
     title = f"{config.name} seed {config.seed}: {split}, after stage {stage.name!r} epoch {checkpoint['epoch']}"
     text = format_report(result, ctx.dataset.class_names, title=title)

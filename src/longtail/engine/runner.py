@@ -22,8 +22,8 @@ same one, a finished run (``results.json``) is reported again and an interrupted
 ``checkpoint.pt`` (its metrics.jsonl cut back to the checkpoint). ``fresh=True`` (``--fresh``)
 builds and checks everything first, then moves the old folder aside (``old-seed<N>-<time>``).
 Nothing is written before the data, model and every stage are checked; every file is written
-atomically (:mod:`longtail.atomic`). Inspection (``longtail eval``) builds through
-:meth:`Run._build`, which writes nothing. Under data parallelism (``engine/distributed.py``) every
+atomically (:mod:`longtail.atomic`), through :class:`RunFolder`. Inspection (``longtail eval``) builds
+through :meth:`Run.build`, which writes nothing. Under data parallelism (``engine/distributed.py``) every
 rank trains and evaluates and rank 0 alone writes the folder.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -113,8 +113,109 @@ def _to_device(dataset, device: torch.device) -> dict[str, tuple[torch.Tensor | 
     }
 
 
+class RunFolder:
+    """Every write into one run folder (see the module docstring), atomic where it replaces a file;
+    nothing is written where ``writes`` is False (ranks other than 0 under data parallelism)."""
+
+    def __init__(self, config: RunConfig, runtime: Runtime, command: str | None, fresh: bool,
+                 clock: Callable[[], float]):
+        self.config = config
+        self.runtime = runtime
+        self.command = command
+        self.fresh = fresh
+        self.clock = clock  # the run's elapsed seconds, recorded in each checkpoint
+        self.run_dir = run_dir_of(config)
+        self.writes = runtime.world.main  # under data parallelism rank 0 alone writes the run folder
+        self._tensorboard = None  # the SummaryWriter, opened with the first record
+
+    def open(self, resume: dict[str, Any] | None) -> None:
+        """Make the run folder ready, once everything is built and checked: with ``fresh`` the old
+        folder is moved aside (never deleted); a new run records its config, fingerprint and
+        environment, a resumed one keeps them; metrics past the checkpoint and temporary files left
+        by a kill are dropped."""
+        if not self.writes:
+            return
+        if self.fresh and self.run_dir.exists():
+            aside = move_aside(self.run_dir)
+            warnings.warn(f"--fresh: the earlier run folder {self.run_dir} was moved to {aside}", stacklevel=3)
+        make_folder(self.run_dir)
+        remove_stale_temporaries(self.run_dir)
+        if resume is None:
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
+            write_json(self.run_dir / "env.json", environment(self.runtime, self.command))
+        atomic_write_text(self.run_dir / FINGERPRINT, config_fingerprint(self.config) + "\n")
+        truncate_metrics(self.run_dir / "metrics.jsonl", self.config, resume)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One epoch's record: a line of metrics.jsonl, and TensorBoard scalars when enabled."""
+        if not self.writes:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise StorageError(f"cannot append to {path} ({first_line(exc)}); the checkpoints written so far are "
+                               "intact. Free disk space, then run the same command again") from None
+        if self.config.engine.tensorboard:
+            if self._tensorboard is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            for key, value in record.items():
+                if key not in ("stage", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tensorboard.add_scalar(f"{record['stage']}/{key}", value, global_step=record["epoch"])
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer, if one was opened."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+
+    def save(self, ctx: RunContext, stage_index: int, epoch: int, trainer: StageTrainer | None) -> None:
+        """Write checkpoint.pt: the model, ``trainer.state_dict()`` (None at a stage's end), RNG, stage
+        options and elapsed seconds, to resume from ``epoch`` of stage ``stage_index``."""
+        if not self.writes:
+            return
+        atomic_save(
+            {
+                "stage": stage_index,
+                "epoch": epoch,
+                "model": ctx.model.state_dict(),
+                "trainer": trainer.state_dict() if trainer is not None else None,
+                "rng": rng_state(),
+                "stage_options": [dict(s.options) for s in self.config.stages],
+                "elapsed_seconds": self.clock(),
+            },
+            self.run_dir / "checkpoint.pt",
+        )
+
+    def finish_stage(self, ctx: RunContext, index: int, stage) -> None:
+        """Write the stage's weights (``stage<i>_<name>.pt``) and drop its cached features."""
+        if self.writes:
+            atomic_save({"model": ctx.model.state_dict(), "stage": index}, self.run_dir / f"stage{index}_{stage.name}.pt")
+        ctx.feature_cache.clear()
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        """Write results.json and the per-class accuracy and weight-norm plots."""
+        if not self.writes:
+            return
+        write_json(self.run_dir / "results.json", results)
+        counts = results["class_counts"]
+        label = self.config.name
+        plot_per_class_accuracy({label: (counts, results["test"]["per_class_accuracy"])}, self.run_dir / "per_class_accuracy.png",
+                                class_names=results.get("class_names"))
+        plot_weight_norms({label: (counts, results["weight_norms"])}, self.run_dir / "weight_norms.png")
+
+
 class Run:
-    """One run of a config; ``execute()`` trains every stage and returns the results dict."""
+    """One run of a config; ``execute()`` trains every stage and returns the results dict.
+
+    Its public members are what another stage loop (the stacked trainer, ``longtail eval``) needs:
+    :meth:`build` (data and model, writing nothing), :meth:`evaluate`, :meth:`init_from`,
+    :meth:`start_clock` / :meth:`elapsed_seconds`, :meth:`results`, and ``folder`` (a
+    :class:`RunFolder`: every write into the run folder)."""
 
     def __init__(self, config: RunConfig, command: str | None = None, fresh: bool = False,
                  dataset: LongTailedDataset | FileDataset | None = None):
@@ -124,8 +225,8 @@ class Run:
         self.run_dir = run_dir_of(config)
         self.runtime = Runtime.resolve(config.engine)
         self.writes = self.runtime.world.main  # under data parallelism rank 0 alone writes the run folder
-        self._tensorboard = None  # the SummaryWriter, opened with the first record
         self.fresh = fresh
+        self.folder = RunFolder(config, self.runtime, command, fresh, self.elapsed_seconds)
         if config.engine.tensorboard:
             _require_tensorboard()
 
@@ -144,27 +245,9 @@ class Run:
         path = self.run_dir / "checkpoint.pt"
         return load_checkpoint(path) if not self.fresh and path.exists() else None
 
-    def _open_folder(self, resume: dict[str, Any] | None) -> None:
-        """Make the run folder ready, once everything is built and checked: with ``fresh`` the old
-        folder is moved aside (never deleted); a new run records its config, fingerprint and
-        environment, a resumed one keeps them; metrics past the checkpoint and temporary files left
-        by a kill are dropped."""
-        if not self.writes:
-            return
-        if self.fresh and self.run_dir.exists():
-            aside = move_aside(self.run_dir)
-            warnings.warn(f"--fresh: the earlier run folder {self.run_dir} was moved to {aside}", stacklevel=3)
-        make_folder(self.run_dir)
-        remove_stale_temporaries(self.run_dir)
-        if resume is None:
-            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
-            write_json(self.run_dir / "env.json", environment(self.runtime, self.command))
-        atomic_write_text(self.run_dir / FINGERPRINT, config_fingerprint(self.config) + "\n")
-        truncate_metrics(self.run_dir / "metrics.jsonl", self.config, resume)
-
     # ------------------------------------------------------------------ set-up
-    def _build(self) -> RunContext:
-        """Data, model and device splits; writes nothing (inspection uses it too)."""
+    def build(self) -> RunContext:
+        """Data, model and device splits, seeded with the run's seed; writes nothing."""
         config = self.config
         dataset = self.dataset if self.dataset is not None else load_dataset(config.data)
         with DEVICE_RNG_LOCK:  # seeding and initialisation stay deterministic under concurrency
@@ -190,54 +273,12 @@ class Run:
             model = sync_batchnorm(model)
         return model
 
-    def _log(self, record: dict[str, Any]) -> None:
-        """One epoch's record: a line of metrics.jsonl, and TensorBoard scalars when enabled."""
-        if not self.writes:
-            return
-        path = self.run_dir / "metrics.jsonl"
-        try:
-            with open(path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            raise StorageError(f"cannot append to {path} ({first_line(exc)}); the checkpoints written so far are "
-                               "intact. Free disk space, then run the same command again") from None
-        if self.config.engine.tensorboard:
-            if self._tensorboard is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-            for key, value in record.items():
-                if key not in ("stage", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tensorboard.add_scalar(f"{record['stage']}/{key}", value, global_step=record["epoch"])
-            self._tensorboard.flush()
-
-    def _close_tensorboard(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
-
-    def _save(self, ctx: RunContext, stage_index: int, epoch: int, trainer: StageTrainer | None) -> None:
-        if not self.writes:
-            return
-        atomic_save(
-            {
-                "stage": stage_index,
-                "epoch": epoch,
-                "model": ctx.model.state_dict(),
-                "trainer": trainer.state_dict() if trainer is not None else None,
-                "rng": rng_state(),
-                "stage_options": [dict(s.options) for s in self.config.stages],
-                "elapsed_seconds": self._elapsed_seconds(),
-            },
-            self.run_dir / "checkpoint.pt",
-        )
-
     # ------------------------------------------------------------------ main loop
     def execute(self) -> dict[str, Any]:
         try:
             return self._execute()
         finally:
-            self._close_tensorboard()
+            self.folder.close()
 
     def _execute(self) -> dict[str, Any]:
         finished = self.finished_results()
@@ -246,13 +287,13 @@ class Run:
         started = time.perf_counter()
         config = self.config
         resume = self.resume_state()
-        ctx = self._build()
+        ctx = self.build()
         kinds = [stage_kind(s.kind) for s in config.stages]
         for kind, stage in zip(kinds, config.stages):
             kind.check(ctx, stage)  # fail before stage 1 trains, not after
-        self._open_folder(resume)  # only now, with everything built and checked
+        self.folder.open(resume)  # only now, with everything built and checked
         # training time is kept across resumes: the checkpoint carries the time spent up to it
-        self._elapsed = (started, resume.get("elapsed_seconds", 0.0) if resume else 0.0)
+        self.start_clock(started, resume.get("elapsed_seconds", 0.0) if resume else 0.0)
         timings: list[dict[str, Any]] = []
         best_val: tuple[float, dict[str, torch.Tensor]] | None = None
         last_training_stage = max((i for i, k in enumerate(kinds) if k.trains), default=-1)
@@ -268,9 +309,9 @@ class Run:
                 set_rng_state(resume["rng"])
                 start_epoch = resume["epoch"]
             if stage.options.get("init_from"):
-                self._load_weights(ctx, stage.options["init_from"])
+                self.init_from(ctx, stage.options["init_from"])
                 timings.append({"stage": stage.name, "seconds": 0.0, "init_from": stage.options["init_from"]})
-                self._finish_stage(ctx, index, stage)
+                self.folder.finish_stage(ctx, index, stage)
                 continue
             stage_start = time.perf_counter()
             finished = start_epoch >= stage.epochs and not stage.iterations and kind.trains
@@ -286,16 +327,16 @@ class Run:
                     nonlocal best_val
                     record = {"stage": stage.name, **metrics}
                     if config.eval.every and (epoch + 1) % config.eval.every == 0:
-                        record["test_top1"] = self._evaluate(ctx, "test").top1
+                        record["test_top1"] = self.evaluate(ctx, "test").top1
                     if config.eval.select == "best_val" and _index == last_training_stage:
-                        val_top1 = self._evaluate(ctx, "val").top1
+                        val_top1 = self.evaluate(ctx, "val").top1
                         record["val_top1"] = val_top1
                         if best_val is None or val_top1 > best_val[0]:
                             best_val = (val_top1, copy.deepcopy(ctx.model.state_dict()))
-                    self._log(record)
+                    self.folder.log(record)
                     every = config.engine.checkpoint_every
                     if every and (epoch + 1) % every == 0 and epoch + 1 < stage.epochs:
-                        self._save(ctx, _index, epoch + 1, _trainer)
+                        self.folder.save(ctx, _index, epoch + 1, _trainer)
 
                 try:
                     trainer.fit(start_epoch, on_epoch_end)
@@ -312,16 +353,14 @@ class Run:
                     "batch_size": plan.source.batch_size if plan else 0,
                 }
             )
-            self._save(ctx, index, stage.epochs, None)
-            self._finish_stage(ctx, index, stage)
+            self.folder.save(ctx, index, stage.epochs, None)
+            self.folder.finish_stage(ctx, index, stage)
         if best_val is not None:
             ctx.model.load_state_dict(best_val[1])
-        results = self._results(ctx, timings, self._elapsed_seconds())
+        results = self.results(ctx, timings, self.elapsed_seconds())
         if resume is not None:
             results["resumed_from"] = {"stage": resume["stage"], "epoch": resume["epoch"]}
-        if self.writes:
-            write_json(self.run_dir / "results.json", results)
-            self._plots(ctx, results)
+        self.folder.write_results(results)
         return results
 
     def _saved_work(self) -> str:
@@ -336,21 +375,22 @@ class Run:
         stage = self.config.stages[saved["stage"]].name
         return f"The last checkpoint ({path}: stage {stage!r}, epoch {saved['epoch']}) is intact."
 
-    def _elapsed_seconds(self) -> float:
+    def start_clock(self, started: float, before: float = 0.0) -> None:
+        """Count the run's time from ``started`` (``time.perf_counter()``), after ``before`` seconds spent earlier."""
+        self._elapsed = (started, before)
+
+    def elapsed_seconds(self) -> float:
         """Seconds this run has taken, earlier processes' up to their last checkpoint included."""
         started, before = self._elapsed
         return before + time.perf_counter() - started
 
-    def _finish_stage(self, ctx: RunContext, index: int, stage) -> None:
-        if self.writes:
-            atomic_save({"model": ctx.model.state_dict(), "stage": index}, self.run_dir / f"stage{index}_{stage.name}.pt")
-        ctx.feature_cache.clear()
-
-    def _load_weights(self, ctx: RunContext, path: str) -> None:
+    def init_from(self, ctx: RunContext, path: str) -> None:
+        """Load the model weights of the checkpoint at ``path`` (a stage's ``init_from``)."""
         state = load_checkpoint(path, map_location=self.runtime.device)
         load_weights(ctx.model, state["model"], path)
 
-    def _evaluate(self, ctx: RunContext, split: str) -> EvalResult:
+    def evaluate(self, ctx: RunContext, split: str) -> EvalResult:
+        """The model's evaluation on ``split`` ("train", "val" or "test") with the config's eval settings."""
         inputs, labels = ctx.splits[split]
         ev = self.config.eval
         return evaluate_model(
@@ -358,8 +398,9 @@ class Run:
             ev.batch_size, ev.many_threshold, ev.few_threshold,
         )
 
-    def _results(self, ctx: RunContext, timings: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-        test = self._evaluate(ctx, "test")
+    def results(self, ctx: RunContext, timings: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        """The results dict (written as results.json): test (and val) evaluation, weight norms, timings, env."""
+        test = self.evaluate(ctx, "test")
         out: dict[str, Any] = {
             "name": self.config.name,
             "seed": self.config.seed,
@@ -380,17 +421,10 @@ class Run:
             "env": environment(self.runtime, self.command),
         }
         if "val" in ctx.splits:
-            out["val"] = self._evaluate(ctx, "val").to_dict()
+            out["val"] = self.evaluate(ctx, "val").to_dict()
         if self.runtime.device.type == "cuda":
             out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**20
         return out
-
-    def _plots(self, ctx: RunContext, results: dict[str, Any]) -> None:
-        counts = results["class_counts"]
-        label = self.config.name
-        plot_per_class_accuracy({label: (counts, results["test"]["per_class_accuracy"])}, self.run_dir / "per_class_accuracy.png",
-                                class_names=results.get("class_names"))
-        plot_weight_norms({label: (counts, results["weight_norms"])}, self.run_dir / "weight_norms.png")
 
 
 def _require_tensorboard() -> None:

@@ -460,7 +460,7 @@ class StackedTrainer(StepLoop):
 
 # ---------------------------------------------------------------------------- stacked runs
 class _MemberTrainerState:
-    """What :meth:`Run._save` asks of a trainer: its ``state_dict()``."""
+    """What :meth:`RunFolder.save` asks of a trainer: its ``state_dict()``."""
 
     def __init__(self, state: dict[str, Any]):
         self.state = state
@@ -512,18 +512,16 @@ class StackedRun:
         finally:
             saved._set(saved.state)
             for run in runs:
-                close = getattr(run, "_close_tensorboard", None)
-                if close is not None:
-                    close()
+                run.folder.close()
 
     def _stack(self, runs: list[Run], started: float) -> list[dict[str, Any]]:
         runtime = runs[0].runtime
         names = [f"{r.config.name}/seed{r.config.seed}" for r in runs]
         ctxs, rngs = [], []
         for run in runs:
-            ctxs.append(run._build())  # seeds with the run's seed and builds its model, as alone
+            ctxs.append(run.build())  # seeds with the run's seed and builds its model, as alone
             rngs.append(MemberRNG(runtime.device))  # the generators where the run alone has them now
-            run._elapsed = (started, 0.0)
+            run.start_clock(started)
         for ctx in ctxs:
             reason = encoder_refusal(ctx.model.encoder)
             if reason:
@@ -534,7 +532,7 @@ class StackedRun:
                 for kind, stage in zip(run_kinds, run.config.stages):
                     kind.check(ctx, stage)
         for run in runs:
-            run._open_folder(None)  # only now, with every member built and checked
+            run.folder.open(None)  # only now, with every member built and checked
         timings: list[list[dict[str, Any]]] = [[] for _ in runs]
         best_val: list[tuple[float, dict[str, torch.Tensor]] | None] = [None] * len(runs)
         last_training = [max((i for i, k in enumerate(rk) if k.trains), default=-1) for rk in kinds]
@@ -546,9 +544,9 @@ class StackedRun:
                     run_kinds[index].prepare(ctx, stage)
             if stages[0].options.get("init_from"):
                 for k, (run, ctx, stage) in enumerate(zip(runs, ctxs, stages)):
-                    run._load_weights(ctx, stage.options["init_from"])
+                    run.init_from(ctx, stage.options["init_from"])
                     timings[k].append({"stage": stage.name, "seconds": 0.0, "init_from": stage.options["init_from"]})
-                    run._finish_stage(ctx, index, stage)
+                    run.folder.finish_stage(ctx, index, stage)
                 continue
             if not kinds[0][index].trains:  # post-hoc: each member alone
                 for k, (run, ctx, rng, stage) in enumerate(zip(runs, ctxs, rngs, stages)):
@@ -557,8 +555,8 @@ class StackedRun:
                         kinds[k][index].build(ctx, stage)
                     timings[k].append({"stage": stage.name, "seconds": time.perf_counter() - start, "compile_seconds": 0.0,
                                        "cuda_graph": False, "fallback_reason": "", "steps_per_epoch": 0, "batch_size": 0})
-                    run._save(ctx, index, stage.epochs, None)
-                    run._finish_stage(ctx, index, stage)
+                    run.folder.save(ctx, index, stage.epochs, None)
+                    run.folder.finish_stage(ctx, index, stage)
                 continue
             stage_start = time.perf_counter()
             members = []
@@ -590,13 +588,13 @@ class StackedRun:
                         sync()
                         synced = True
                     if wants_test:
-                        record["test_top1"] = run._evaluate(ctx, "test").top1
+                        record["test_top1"] = run.evaluate(ctx, "test").top1
                     if wants_val:
-                        val_top1 = run._evaluate(ctx, "val").top1
+                        val_top1 = run.evaluate(ctx, "val").top1
                         record["val_top1"] = val_top1
                         if best_val[k] is None or val_top1 > best_val[k][0]:
                             best_val[k] = (val_top1, copy.deepcopy(ctx.model.state_dict()))
-                    run._log(record)
+                    run.folder.log(record)
                     every = config.engine.checkpoint_every
                     if every and (epoch + 1) % every == 0 and epoch + 1 < _stages[k].epochs:
                         if not synced:
@@ -606,7 +604,7 @@ class StackedRun:
                         named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
                         state = _MemberTrainerState(trainer.member_state_dict(k, named))
                         with rngs[k].active():  # the checkpoint's RNG state is the member's own
-                            run._save(ctx, _index, epoch + 1, state)
+                            run.folder.save(ctx, _index, epoch + 1, state)
 
             trainer.fit(0, on_epoch_end)
             sync()
@@ -617,19 +615,15 @@ class StackedRun:
                     "cuda_graph": trainer.graph is not None, "fallback_reason": trainer.fallback_reason,
                     "steps_per_epoch": trainer.steps, "batch_size": members[k].source.batch_size, "stacked": info(k),
                 })
-                run._save(ctx, index, stage.epochs, None)
-                run._finish_stage(ctx, index, stage)
+                run.folder.save(ctx, index, stage.epochs, None)
+                run.folder.finish_stage(ctx, index, stage)
         out = []
         for k, (run, ctx) in enumerate(zip(runs, ctxs)):
             if best_val[k] is not None:
                 ctx.model.load_state_dict(best_val[k][1])
-            results = run._results(ctx, timings[k], run._elapsed_seconds())
+            results = run.results(ctx, timings[k], run.elapsed_seconds())
             results["stacked"] = info(k)
-            if run.writes:
-                from ..eval.report import write_json
-
-                write_json(run.run_dir / "results.json", results)
-                run._plots(ctx, results)
+            run.folder.write_results(results)
             out.append(results)
         return out
 
