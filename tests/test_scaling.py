@@ -134,3 +134,15 @@ def test_a_file_overrides_its_recipe_and_the_recipe_overrides_do_not_win(tmp_pat
 def test_a_bad_scale_is_refused(bad):
     with pytest.raises(ConfigError, match="epoch_scale"):
         load_config(overrides=[f"epoch_scale={bad}"])
+
+
+def test_method_stage_kinds_are_registered_before_scaling_reads_their_declarations():
+    """In a fresh interpreter, loading a scaled config registers the method packages' stage kinds
+    first, so an epoch option a method kind declares is never skipped for being unregistered yet."""
+    import subprocess
+    import sys
+
+    code = ("from longtail.config import load_config; from longtail.engine.stages import STAGE_KINDS; "
+            "load_config(mapping={'method': 'ce'}, overrides=['epoch_scale=0.5']); "
+            "assert {'glag_afg', 'ladc'} <= set(STAGE_KINDS), sorted(STAGE_KINDS)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -110,7 +110,7 @@ class StageConfig:
     """One stage of a run: what is trained, on what, with which loss and schedule."""
 
     name: str = "stage1"
-    kind: str = "supervised"  # supervised | classifier (frozen encoder) | method-specific kinds
+    kind: str = "supervised"  # a registered stage kind (engine.stages.STAGE_KINDS): supervised, tau_norm, ncm, posthoc_logit_adjust, method-specific kinds
     epochs: int = 200
     iterations: int = 0  # > 0: the stage lasts this many steps instead (epochs derived, last one cut short)
     batch_size: int = 128

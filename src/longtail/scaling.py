@@ -66,6 +66,7 @@ def _scale_keys(mapping: dict[str, Any] | None, keys: tuple[str, ...], factor: f
 def declared_epoch_keys(stage: StageConfig) -> dict[str, tuple[str, ...]]:
     """The epoch-valued keys each mapping of ``stage`` declares: ``{"loss": ..., "sampler": ...,
     "options": ...}`` (an unknown name declares none; validation reports it later)."""
+    from . import methods  # noqa: F401  (registers the method-specific stage kinds before they are read)
     from .data.sampling import SAMPLERS
     from .engine.stages import STAGE_KINDS
     from .losses import LOSSES
