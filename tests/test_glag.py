@@ -24,6 +24,7 @@ from longtail.methods.glag import (
 from longtail.features.statistics import inverse_tukey
 from longtail.models.factory import build_model
 from longtail.models.heads import LinearHead, LWSHead
+from tests.conftest import config as shared_config
 from tests.conftest import tiny_dataset as shared_tiny_dataset
 
 D64 = torch.float64
@@ -35,14 +36,9 @@ def tiny_dataset(_config=None, val=True) -> LongTailedDataset:
 
 
 def config(tmp_path, method="glag", *extra):
-    return load_config(
-        mapping={"method": method, "name": method},
-        overrides=[
-            f"output_dir={tmp_path}", "engine.progress=false", "engine.checkpoint_every=0", "model.encoder=resnet20",
-            "stages.0.epochs=2", "stages.0.batch_size=32", "stages.0.schedule.warmup_epochs=0",
-            *extra,
-        ],
-    )
+    """The shared short run, here 2 epochs of batch 32 without warm-up or periodic checkpoints."""
+    return shared_config(tmp_path, method, "engine.checkpoint_every=0", "stages.0.epochs=2", "stages.0.batch_size=32",
+                         "stages.0.schedule.warmup_epochs=0", *extra)
 
 
 # ------------------------------------------------------------------ alpha(T)
