@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import subprocess
 import sys
 import time
 
 import torch
 
+from longtail.atomic import atomic_write_text
 from longtail.config import load_config
 from longtail.data.factory import load_dataset
+from longtail.engine.runner import git_commit
 from longtail.losses.ghm_cwap import GHMCWAPLoss
 from longtail.models.factory import build_model
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.time()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     lines = [
         "# Where GHM-CWAP's R term puts each class's weight",
         "",
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+        atomic_write_text(args.output, text)
 
 
 if __name__ == "__main__":
