@@ -222,13 +222,24 @@ class Run:
         self.config = config
         self.command = command
         self.dataset = dataset  # a dataset built in Python (your own data) instead of config.data
-        self.run_dir = run_dir_of(config)
         self.runtime = Runtime.resolve(config.engine)
-        self.writes = self.runtime.world.main  # under data parallelism rank 0 alone writes the run folder
-        self.fresh = fresh
         self.folder = RunFolder(config, self.runtime, command, fresh, self.elapsed_seconds)
         if config.engine.tensorboard:
             _require_tensorboard()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.run_dir
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder (rank 0 alone under data parallelism)."""
+        return self.folder.writes
+
+    @property
+    def fresh(self) -> bool:
+        """``--fresh``: the folder's earlier run is neither reported nor resumed, and is moved aside."""
+        return self.folder.fresh
 
     # ------------------------------------------------------------------ the run folder
     def finished_results(self) -> dict[str, Any] | None:
