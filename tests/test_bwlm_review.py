@@ -63,11 +63,11 @@ def test_review_stage_losses_use_the_counts_of_the_review_set(tmp_path, fake_dat
     ctx = runner.Run(cfg).build()
     for stage in cfg.stages:
         stage_kind(stage.kind).prepare(ctx, stage)
-    stage = cfg.stages[1]
-    loss = stage_kind(stage.kind).build(ctx, stage).hooks[0]
+    stage, kind = cfg.stages[1], ctx.kinds[1]
+    loss = kind.build(ctx, stage).hooks[0]
     review = [12, 12, 12, 6]
     assert isinstance(loss, BalancedFocalSoftmaxLoss) and loss.alpha == 0.5
-    assert stage.options["review_class_counts"] == review
+    assert kind.record()["review_class_counts"] == review
     torch.testing.assert_close(loss.cb_focal.class_weights, class_balanced_weights(review, 0.9999))
     torch.testing.assert_close(loss.balanced_softmax.log_counts, torch.log(torch.tensor(review, dtype=torch.float32)))
     assert ctx.class_counts.tolist() == COUNTS, "evaluation keeps the full counts"
@@ -190,7 +190,7 @@ def test_both_stages_on_streamed_images(image_lists):
     assert np.bincount(plan.source.loader.dataset.y, minlength=4).tolist() == [12, 8, 0, 0]  # the m = 2 head classes
     results = runner.run_config(cfg)
     assert results["class_counts"] == [12, 8, 4, 3]
-    assert stage2.options["review_class_counts"] == [4, 4, 4, 3]  # heads at n_{m+1} = 4, tail whole
+    assert results["stage_records"][1]["review_class_counts"] == [4, 4, 4, 3]  # heads at n_{m+1} = 4, tail whole
 
 
 def test_resampling_streamed_images_is_refused_before_stage1(image_lists):

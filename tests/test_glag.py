@@ -301,8 +301,8 @@ def test_stage_builds_a_balanced_epoch_source_and_a_graph_safe_loss(tmp_path):
     assert isinstance(ctx.model.head, LWSHead)
     plan = kind.build(ctx, stage)
     source = plan.source
-    assert stage.options["head_classes"] == [0, 1]  # 48 + 24 >= 60% of 90 images
-    assert stage.options["target_count"] == 48 and stage.options["num_generated"] == 36 + 42
+    assert kind.record()["head_classes"] == [0, 1]  # 48 + 24 >= 60% of 90 images
+    assert kind.record()["target_count"] == 48 and kind.record()["num_generated"] == 36 + 42
     assert torch.bincount(source.labels).tolist() == [48] * 4
     assert [int(source.afg.is_generated[source.labels == c].sum()) for c in range(4)] == [0, 0, 36, 42]
     assert source.steps_per_epoch == math.ceil(192 / 32)
@@ -319,7 +319,8 @@ def test_stage_builds_a_balanced_epoch_source_and_a_graph_safe_loss(tmp_path):
     loss, logits = plan.compute_loss(x, y)
     assert logits.shape == (32, 4) and torch.isfinite(loss)
     assert [n for n, _ in plan.named_params] == ["scale"]
-    assert stage.options["beta_history"] == [[0.0, 0.0, 0.6, 0.6]]
+    assert kind.record()["beta_history"] == [[0.0, 0.0, 0.6, 0.6]]
+    assert "beta_history" not in stage.options  # the config is not written
 
 
 def test_stage_checks_its_options(tmp_path):
@@ -357,7 +358,7 @@ def test_glag_end_to_end_on_tiny_data(tmp_path, fake_data):
     cfg = config(tmp_path, "glag", "stages.1.epochs=3", "stages.1.batch_size=64")
     results = runner.run_config(cfg)
     run_dir = tmp_path / "glag" / "seed0"
-    options = results["stage_options"][1]
+    options = results["stage_records"][1]
     history = options["beta_history"]
     assert len(history) == 3 + 1 and all(len(b) == 4 for b in history)
     assert all(b[0] == 0.0 and b[1] == 0.0 for b in history)  # head classes have no beta
@@ -385,7 +386,7 @@ def test_glag_without_a_validation_split_says_how_to_fix_it(tmp_path, monkeypatc
     # a fixed beta needs no validation split
     results = runner.run_config(config(tmp_path / "fixed", "glag_no_ad", "stages.0.epochs=1", "stages.1.epochs=1",
                                        "stages.1.batch_size=64"))
-    assert results["stage_options"][1]["beta_history"] == [[0.0, 0.0, 0.6, 0.6]]
+    assert results["stage_records"][1]["beta_history"] == [[0.0, 0.0, 0.6, 0.6]]
 
 
 def test_glag_says_which_classes_the_validation_split_lacks(tmp_path, monkeypatch):
@@ -399,7 +400,7 @@ def test_glag_says_which_classes_the_validation_split_lacks(tmp_path, monkeypatc
     with pytest.warns(UserWarning, match=r"no items of 1 classes \[3\]; their beta cannot adapt"):
         results = runner.run_config(config(tmp_path, "glag", "stages.0.epochs=1", "stages.1.epochs=2",
                                            "stages.1.batch_size=64"))
-    options = results["stage_options"][1]
+    options = results["stage_records"][1]
     assert options["classes_without_val"] == [3]
     assert [b[3] for b in options["beta_history"]] == [0.6, 0.6, 0.6]  # class 3 is a tail class: beta stays
 
@@ -421,7 +422,7 @@ def test_resume_inside_stage_two_continues_beta_and_training_exactly(tmp_path, f
         runner.run_config(config(tmp_path / "split", "glag", *extra))
     monkeypatch.setattr(StageTrainer, "run_epoch", original)
     resumed = runner.run_config(config(tmp_path / "split", "glag", *extra))
-    assert resumed["stage_options"][1]["beta_history"] == whole["stage_options"][1]["beta_history"]
+    assert resumed["stage_records"][1]["beta_history"] == whole["stage_records"][1]["beta_history"]
     a = torch.load(tmp_path / "whole" / "glag" / "seed0" / "stage1_afg.pt")["model"]["head.scale"]
     b = torch.load(tmp_path / "split" / "glag" / "seed0" / "stage1_afg.pt")["model"]["head.scale"]
     torch.testing.assert_close(a, b, rtol=0, atol=0)

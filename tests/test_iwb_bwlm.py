@@ -63,7 +63,7 @@ def test_bwlm_stage1_trains_on_the_head_classes_with_ce_over_their_logits(tmp_pa
     plan = kind.build(ctx, stage)
     labels = plan.source.labels
     assert torch.bincount(labels, minlength=4).tolist() == [48, 24, 0, 0]  # m = 2 head classes, whole
-    assert stage.options["head_classes_used"] == [0, 1]
+    assert kind.record()["head_classes_used"] == [0, 1]
     offset = kind.logit_offset(ctx, stage)
     assert offset.tolist() == [0.0, 0.0, EXCLUDED_LOGIT_OFFSET, EXCLUDED_LOGIT_OFFSET]
     ctx.model.eval()
@@ -114,7 +114,7 @@ def test_review_set_has_the_stated_counts_and_a_new_head(tmp_path):
     plan = kind.build(ctx, stage)
     # counts [48, 24, 12, 6]: m = 2 head classes subsampled to n_{m+1} = 12, the tail kept whole
     assert torch.bincount(plan.source.labels, minlength=4).tolist() == [12, 12, 12, 6]
-    assert stage.options["review_class_counts"] == [12, 12, 12, 6] and stage.options["review_seed_used"] == 0
+    assert kind.record()["review_class_counts"] == [12, 12, 12, 6] and kind.record()["review_seed_used"] == 0
     index = kind.review_indices(ctx, stage)
     labels = ctx.splits["train"][1]
     assert set(index.tolist()) >= set(torch.nonzero(labels >= 2).squeeze(1).tolist())  # tail whole

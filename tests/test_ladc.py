@@ -292,7 +292,9 @@ def test_options_are_validated():
         LADCOptions.from_options({"alpah": 0.1})
     with pytest.raises(ConfigError, match="weighting"):
         LADCOptions.from_options({"weighting": "inverse"})
-    assert LADCOptions.from_options({"record": {"x": 1}}).weighting == "printed"  # the paper as printed
+    assert LADCOptions.from_options({}).weighting == "printed"  # the paper as printed
+    with pytest.raises(ConfigError, match="unknown ladc option 'record'"):  # the record is the stage's, not an option
+        LADCOptions.from_options({"record": {"x": 1}})
 
 
 # ------------------------------------------------------------------------- end to end
@@ -325,7 +327,7 @@ def test_ladc_recipes_train_only_the_head(tmp_path, monkeypatch, method, head_ty
     after = torch.load(run_dir / "stage1_ladc.pt")["model"]
     for key in (k for k in before if k.startswith("encoder.")):
         torch.testing.assert_close(before[key], after[key], rtol=0, atol=0, msg=key)
-    record = results["stage_options"][1]["record"]
+    record = results["stage_records"][1]
     assert record["head_classes"] == [0, 1] and record["tail_classes"] == [2, 3]  # 72/90 = 80% >= 60%
     assert record["num_tail_instances"] == 18
     assert [t["stage"] for t in results["timings"]] == ["stage1", "ladc"]
@@ -423,7 +425,7 @@ def test_ladc_on_features_rebalances_towards_the_tail(tmp_path, monkeypatch):
     cfg = load_config(mapping={"method": "ladc", "name": "ladc"},
                       overrides=[f"output_dir={tmp_path}", *base, "stages.1.batch_size=64"])
     ladc = runner.run_config(cfg)
-    assert ladc["stage_options"][1]["record"]["head_classes"] == [0, 1]  # 150/260 < 60% <= 240/260
+    assert ladc["stage_records"][1]["head_classes"] == [0, 1]  # 150/260 < 60% <= 240/260
     assert ladc["test"]["few"] > ce["test"]["few"] + 10
     assert ladc["test"]["top1"] > ce["test"]["top1"]
 
@@ -448,7 +450,7 @@ def test_beta_default_without_a_validation_split_is_the_fixed_lower_end(tmp_path
     monkeypatch.setattr(runner, "load_dataset", gaussian_features)
     results = runner.run_config(load_config(mapping={"method": "ladc", "name": "ladc"},
                                             overrides=[f"output_dir={tmp_path}", *BLOBS]))
-    record = results["stage_options"][1]["record"]
+    record = results["stage_records"][1]
     assert record["beta"] == 0.4 and record["beta_source"] == "fixed (no validation split)"
     assert LADCOptions().beta == "auto" and LADCOptions().beta_grid == (0.4, 0.7, 1.0, 1.3)
 
@@ -458,7 +460,7 @@ def test_beta_is_chosen_on_the_validation_split_and_the_chosen_classifier_is_the
     grid = ["stages.1.options.beta_grid=[0.4, 1.3]"]
     chosen = runner.run_config(load_config(mapping={"method": "ladc", "name": "auto"},
                                            overrides=[f"output_dir={tmp_path}", *BLOBS, *grid]))
-    record = chosen["stage_options"][1]["record"]
+    record = chosen["stage_records"][1]
     scores = record["beta_val_accuracy"]
     assert record["beta_source"] == "validation" and set(scores) == {"0.4", "1.3"}
     best = max((0.4, 1.3), key=lambda b: (scores[str(b)], -b))
@@ -468,7 +470,7 @@ def test_beta_is_chosen_on_the_validation_split_and_the_chosen_classifier_is_the
     # ... and the same run with that beta fixed trains the same classifier (same RNG state)
     fixed = runner.run_config(load_config(mapping={"method": "ladc", "name": "fixed"},
                                           overrides=[f"output_dir={tmp_path}", *BLOBS, f"stages.1.options.beta={best}"]))
-    assert fixed["stage_options"][1]["record"]["beta_source"] == "given"
+    assert fixed["stage_records"][1]["beta_source"] == "given"
     assert fixed["test"]["per_class_accuracy"] == chosen["test"]["per_class_accuracy"]
 
 
@@ -483,7 +485,7 @@ def test_beta_choice_says_which_classes_the_validation_split_lacks(tmp_path, mon
     with pytest.warns(UserWarning, match=r"without items of 1 classes \[3\]"):
         results = runner.run_config(load_config(mapping={"method": "ladc", "name": "lacks"}, overrides=[
             f"output_dir={tmp_path}", *BLOBS, "stages.1.options.beta_grid=[0.4]"]))
-    record = results["stage_options"][1]["record"]
+    record = results["stage_records"][1]
     assert record["beta_val_classes_without_items"] == [3]
     # the score is the balanced accuracy over the classes the split has, not diluted by a 0 for class 3
     assert record["beta_val_accuracy"]["0.4"] == pytest.approx(np.mean(results["val"]["per_class_accuracy"][:3]), abs=1e-3)

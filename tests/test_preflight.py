@@ -60,8 +60,9 @@ def _tau_search(grid):
     test = torch.tensor([[1.0, 0.8], [1.0, 1.5]]), torch.tensor([0, 1])
     ctx = SimpleNamespace(model=SimpleNamespace(head=head), splits={"val": val}, features=lambda split: val[0])
     stage = StageConfig(kind="tau_norm", options={"grid": grid})
-    TauNormStage().build(ctx, stage)
-    return stage.options["chosen_tau"], head, test
+    kind = TauNormStage()
+    kind.build(ctx, stage)
+    return kind.record()["chosen_tau"], head, test
 
 
 def test_tau_is_the_validation_argmax_not_the_test_one():

@@ -192,7 +192,7 @@ def test_text_configs_run_end_to_end(tmp_path, monkeypatch, method):
     assert results["class_counts"] == ([40, 16, 6] if method in ("glag", "ladc_val") else [60, 18, 6])
     assert 0 <= results["test"]["top1"] <= 100
     if method == "ladc":
-        record = results["stage_options"][1]["record"]
+        record = results["stage_records"][1]
         assert record["head_classes"] == [0] and record["variance_unit"] < 1  # 60 of 84 posts >= 60%
         assert results["stage_options"][1]["alpha_scale"] == "relative"
 

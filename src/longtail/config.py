@@ -29,8 +29,58 @@ from .scaling import apply_epoch_scale
 from .schedules import SCHEDULES
 
 
+class ReadOnlyDict(dict):
+    """The mappings of a frozen config (options, loss, sampler, ...): any change raises."""
+
+    def _refuse(self, *args, **kwargs):
+        raise dataclasses.FrozenInstanceError(
+            "a run's config is frozen once validated: keep what a stage decides in its state "
+            "(StageKind.state), or change a copy of the config (thaw(config)) before the run starts")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __deepcopy__(self, memo):
+        return ReadOnlyDict(copy.deepcopy(dict(self), memo))
+
+    def __reduce__(self):
+        return ReadOnlyDict, (dict(self),)
+
+
+class Settings:
+    """Base of the config dataclasses: once :func:`freeze` marks one, setting a field raises."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            ReadOnlyDict._refuse(None)
+        super().__setattr__(name, value)
+
+
+def _freeze_value(value: Any) -> Any:
+    if isinstance(value, Settings):
+        for f in dataclasses.fields(value):
+            object.__setattr__(value, f.name, _freeze_value(getattr(value, f.name)))
+        object.__setattr__(value, "_frozen", True)
+        return value
+    if isinstance(value, dict):
+        return ReadOnlyDict({key: _freeze_value(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze_value(item) for item in value)
+    return value
+
+
+def freeze(config: RunConfig) -> RunConfig:
+    """A frozen deep copy of ``config``: fields, mappings and lists refuse changes (a run's config
+    is settings only; what its stages decide is their state)."""
+    return _freeze_value(copy.deepcopy(config))
+
+
+def thaw(config: RunConfig) -> RunConfig:
+    """A mutable copy of a (frozen or not) config."""
+    return from_dict(RunConfig, to_dict(config))
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Settings):
     """Which dataset, how it is made long-tailed, and where it lives."""
 
     dataset: str = "digits"  # digits | cifar10 | cifar100 | newsgroups | text | features | prepared | splitfile | folder
@@ -74,7 +124,7 @@ def data_name(data: DataConfig) -> str:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Settings):
     encoder: str = "resnet32"  # a registered encoder, or timm:<name> (any timm model)
     pretrained: bool = False  # torchvision's or timm's ImageNet weights, where the encoder has them (needs a download)
     head: str = "linear"
@@ -82,7 +132,7 @@ class ModelConfig:
 
 
 @dataclass
-class OptimizerConfig:
+class OptimizerConfig(Settings):
     """SGD (the only optimizer the seed papers use)."""
 
     lr: float = 0.1
@@ -94,7 +144,7 @@ class OptimizerConfig:
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(Settings):
     name: str = "multistep"  # multistep | cosine | constant, or any name in longtail.schedules.SCHEDULES
     warmup_epochs: int = 0
     milestones: list[int] = field(default_factory=list)
@@ -106,7 +156,7 @@ AugmentSpec = str | dict[str, Any]  # an augment name, or {name: ..., **policy o
 
 
 @dataclass
-class StageConfig:
+class StageConfig(Settings):
     """One stage of a run: what is trained, on what, with which loss and schedule."""
 
     name: str = "stage1"
@@ -130,7 +180,7 @@ class StageConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Settings):
     batch_size: int = 1000
     many_threshold: int = 100
     few_threshold: int = 20
@@ -139,7 +189,7 @@ class EvalConfig:
 
 
 @dataclass
-class EngineConfig:
+class EngineConfig(Settings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str | bool = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | on | off; on a CPU, bf16 where it computes bf16 natively (engine/device.py cpu_has_bf16), fp32 elsewhere
     channels_last: str | bool = "auto"  # auto | on | off
@@ -156,7 +206,7 @@ class EngineConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Settings):
     name: str = "digits_lt_ce"
     seed: int = 0
     output_dir: str = "runs"
@@ -247,7 +297,16 @@ def from_dict(cls, mapping: dict[str, Any], where: str = "config"):
 
 
 def to_dict(config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The config as plain dicts and lists (a frozen config's mappings and tuples included)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 # Keys that cannot change a run's results: where the run folder and the embedding cache are, and

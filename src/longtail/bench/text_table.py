@@ -98,6 +98,7 @@ def aggregate(results: dict[str, list[dict[str, Any]]], failures: dict[str, list
         row["val_per_class"] = row["val_policy"].get("per_class", 0)
         row["seconds_per_seed"] = [r["seconds"] for r in runs]
         row["stage_options"] = runs[0].get("stage_options")
+        row["stage_records"] = runs[0].get("stage_records")  # absent in results written before it
         rows.append(row)
     return rows
 

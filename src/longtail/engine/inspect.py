@@ -10,7 +10,6 @@ from ..eval.metrics import EvalResult
 from ..eval.report import format_mean_std, format_per_class, format_report, summarize_seeds
 from .checkpoint import load_checkpoint
 from .runner import Run, load_weights
-from .stages import stage_kind
 
 
 def evaluate_run(run_dir: Path, per_class: bool = False, split: str = "test") -> str:
@@ -25,8 +24,8 @@ def evaluate_run(run_dir: Path, per_class: bool = False, split: str = "test") ->
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     run = Run(config)
     ctx = run.build()
-    for index, stage in enumerate(config.stages[: checkpoint["stage"] + 1]):
-        stage_kind(stage.kind).prepare(ctx, stage)
+    for kind, stage in zip(ctx.kinds, config.stages[: checkpoint["stage"] + 1]):
+        kind.prepare(ctx, stage)
     load_weights(ctx.model, checkpoint["model"], run_dir / "checkpoint.pt")
     if split not in ctx.splits:
         raise ConfigError(f"the run has no {split} split (set data.val_per_class > 0 for a validation split)")

@@ -9,11 +9,13 @@ The run folder ``<output_dir>/<name>/seed<seed>/`` holds:
 - ``metrics.jsonl`` one line per epoch (stage, epoch, loss, train accuracy, lr, seconds, ...);
 - ``tensorboard/``  with ``engine.tensorboard: true``, the same records as TensorBoard scalars
   (tag ``<stage>/<key>``, step = the stage's epoch); needs ``pip install 'longtail[tensorboard]'``;
-- ``checkpoint.pt`` the latest state (stage, epoch, model, optimizer, loss state, RNG), written
+- ``checkpoint.pt`` the latest state (stage, epoch, model, optimizer, loss state, RNG, the stages'
+  own states), written
   atomically every ``engine.checkpoint_every`` epochs and at the end of each stage;
 - ``stage<i>_<name>.pt`` the model weights after each stage (shared stage 1 for benchmarks);
 - ``results.json``  final metrics (test, and validation when there is a split), the
-  checkpoint-selection rule, per-class weight norms, timings;
+  checkpoint-selection rule, per-class weight norms, the stages' settings (``stage_options``) and
+  what they decided (``stage_records``), timings;
 - ``per_class_accuracy.png``, ``weight_norms.png``.
 
 The folder is bound to its config: a folder holding work (a checkpoint or results) of a config
@@ -44,7 +46,7 @@ import torch
 import yaml
 
 from ..atomic import atomic_write_text, make_folder, move_aside, remove_stale_temporaries
-from ..config import RunConfig, config_changes, config_fingerprint, read_run_config, to_dict
+from ..config import RunConfig, config_changes, config_fingerprint, freeze, read_run_config, to_dict
 from ..data.dataset import LongTailedDataset
 from ..data.factory import load_dataset
 from ..data.files import FileDataset, FileSplit
@@ -58,7 +60,7 @@ from .checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything
 from .device import Runtime
 from .distributed import parallel_path, sync_batchnorm
 from .evaluate import evaluate_model
-from .stages import RunContext, stage_kind
+from .stages import RunContext
 from .trainer import StageTrainer
 
 
@@ -174,8 +176,8 @@ class RunFolder:
             self._tensorboard = None
 
     def save(self, ctx: RunContext, stage_index: int, epoch: int, trainer: StageTrainer | None) -> None:
-        """Write checkpoint.pt: the model, ``trainer.state_dict()`` (None at a stage's end), RNG, stage
-        options and elapsed seconds, to resume from ``epoch`` of stage ``stage_index``."""
+        """Write checkpoint.pt: the model, ``trainer.state_dict()`` (None at a stage's end), RNG, the
+        stages' states and elapsed seconds, to resume from ``epoch`` of stage ``stage_index``."""
         if not self.writes:
             return
         atomic_save(
@@ -185,7 +187,7 @@ class RunFolder:
                 "model": ctx.model.state_dict(),
                 "trainer": trainer.state_dict() if trainer is not None else None,
                 "rng": rng_state(),
-                "stage_options": [dict(s.options) for s in self.config.stages],
+                "stage_states": ctx.stage_states(),
                 "elapsed_seconds": self.clock(),
             },
             self.run_dir / "checkpoint.pt",
@@ -219,11 +221,11 @@ class Run:
 
     def __init__(self, config: RunConfig, command: str | None = None, fresh: bool = False,
                  dataset: LongTailedDataset | FileDataset | None = None):
-        self.config = config
+        self.config = freeze(config)  # settings only, from here on: what stages decide is their state
         self.command = command
         self.dataset = dataset  # a dataset built in Python (your own data) instead of config.data
         self.runtime = Runtime.resolve(config.engine)
-        self.folder = RunFolder(config, self.runtime, command, fresh, self.elapsed_seconds)
+        self.folder = RunFolder(self.config, self.runtime, command, fresh, self.elapsed_seconds)
         if config.engine.tensorboard:
             _require_tensorboard()
 
@@ -299,7 +301,7 @@ class Run:
         config = self.config
         resume = self.resume_state()
         ctx = self.build()
-        kinds = [stage_kind(s.kind) for s in config.stages]
+        kinds = ctx.kinds
         for kind, stage in zip(kinds, config.stages):
             kind.check(ctx, stage)  # fail before stage 1 trains, not after
         self.folder.open(resume)  # only now, with everything built and checked
@@ -315,8 +317,7 @@ class Run:
             start_epoch = 0
             if resume is not None and index == resume["stage"]:
                 load_weights(ctx.model, resume["model"], self.run_dir / "checkpoint.pt")
-                for options, saved in zip(config.stages, resume["stage_options"]):
-                    options.options.update(saved)
+                ctx.load_stage_states(saved_stage_states(resume, config))
                 set_rng_state(resume["rng"])
                 start_epoch = resume["epoch"]
             if stage.options.get("init_from"):
@@ -327,6 +328,7 @@ class Run:
             stage_start = time.perf_counter()
             finished = start_epoch >= stage.epochs and not stage.iterations and kind.trains
             plan = None if finished else kind.build(ctx, stage)
+            epochs = plan.epochs if plan is not None else stage.epochs
             trainer = None
             if plan is not None:
                 trainer = StageTrainer(plan, self.runtime, progress=config.engine.progress,
@@ -346,7 +348,7 @@ class Run:
                             best_val = (val_top1, copy.deepcopy(ctx.model.state_dict()))
                     self.folder.log(record)
                     every = config.engine.checkpoint_every
-                    if every and (epoch + 1) % every == 0 and epoch + 1 < stage.epochs:
+                    if every and (epoch + 1) % every == 0 and epoch + 1 < _trainer.plan.epochs:
                         self.folder.save(ctx, _index, epoch + 1, _trainer)
 
                 try:
@@ -364,7 +366,7 @@ class Run:
                     "batch_size": plan.source.batch_size if plan else 0,
                 }
             )
-            self.folder.save(ctx, index, stage.epochs, None)
+            self.folder.save(ctx, index, epochs, None)
             self.folder.finish_stage(ctx, index, stage)
         if best_val is not None:
             ctx.model.load_state_dict(best_val[1])
@@ -425,7 +427,8 @@ class Run:
             }[self.config.eval.select],
             "test": test.to_dict(),
             "weight_norms": weight_norms(ctx.model.head.class_weight().detach().float()).tolist(),
-            "stage_options": [dict(s.options) for s in self.config.stages],
+            "stage_options": [stage["options"] for stage in to_dict(self.config)["stages"]],
+            "stage_records": [kind.record() for kind in ctx.kinds],
             "timings": timings,
             "seconds": seconds,
             "distributed": parallel_path(self.runtime.world, self.runtime.sync_batchnorm),
@@ -534,3 +537,12 @@ def report(results: dict[str, Any]) -> str:
     """The many/medium/few report of a results dict."""
     return format_report(EvalResult.from_dict(results["test"]), results.get("class_names"),
                          title=f"{results['name']} (seed {results['seed']}) — test")
+
+
+def saved_stage_states(checkpoint: dict[str, Any], config: RunConfig) -> list[dict[str, Any]]:
+    """The stages' states in ``checkpoint``; a checkpoint written before stages kept their own state
+    carried them in its ``stage_options`` (the config's options plus what the stage wrote)."""
+    if "stage_states" in checkpoint:
+        return checkpoint["stage_states"]
+    return [{k: v for k, v in saved.items() if k not in stage.options and k != "record"} | saved.get("record", {})
+            for stage, saved in zip(config.stages, checkpoint["stage_options"])]

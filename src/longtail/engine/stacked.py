@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, StageConfig, to_dict
+from ..config import RunConfig, to_dict
 from ..data.factory import DATASETS
 from ..data.mixing import mixed_loss
 from ..data.sampling import build_sampler
@@ -62,11 +62,11 @@ from ..models.stacked import StackedEncoder, stack_refusal as encoder_refusal
 from . import trainer as _trainer
 from .concurrency import DEVICE_RNG_LOCK
 from .device import Runtime
-from .maxnorm import MaxNorm
 from .runner import Run
 from .schedules import SCHEDULES
-from .sources import DeviceSource, epochs_for_iterations, steps_per_epoch
-from .stages import RunContext, SupervisedStage, _augment, _mixer, build_stage_loss, stage_kind
+from .sources import DeviceSource
+from .stages import (RunContext, SupervisedStage, _augment, _mixer, build_stage_loss, max_norm_cap, stage_epochs,
+                     stage_kind)
 from .trainer import DEFAULT_DIVERGENCE_FACTOR, StepLoop, build_param_groups, nonfinite_count
 
 STACKABLE_ENCODERS = (
@@ -223,22 +223,20 @@ class Member:
     check: Any = None
 
 
-def member_part(ctx: RunContext, stage: StageConfig, rng: MemberRNG, name: str) -> Member:
-    """The member's part of a supervised stage, built as :meth:`SupervisedStage.build` builds the
-    run's own (same loss, mixing, sampler, data source, MaxNorm; call it with the member's
-    random stream active)."""
+def member_part(ctx: RunContext, index: int, rng: MemberRNG, name: str) -> Member:
+    """The member's part of its supervised stage ``index``, built as :meth:`SupervisedStage.build`
+    builds the run's own (same loss, mixing, sampler, data source, MaxNorm; call it with the
+    member's random stream active)."""
     runtime = ctx.runtime
-    kind = SupervisedStage()
+    kind, stage = ctx.kinds[index], ctx.config.stages[index]
     loss_fn = build_stage_loss(ctx, stage.loss)
     mixer = _mixer(ctx, stage.mixing)
     strategy = build_sampler(stage.sampler["name"], **{k: v for k, v in stage.sampler.items() if k != "name"})
     cached = stage.train == "head"
     inputs, labels = kind.training_data(ctx, stage, cached)
     offset = kind.logit_offset(ctx, stage)
-    if stage.iterations:
-        stage.epochs = epochs_for_iterations(stage.iterations, steps_per_epoch(len(labels), stage.batch_size))
     source = DeviceSource(
-        inputs, labels, ctx.dataset.num_classes, strategy, stage.batch_size, stage.epochs,
+        inputs, labels, ctx.dataset.num_classes, strategy, stage.batch_size, stage_epochs(stage, len(labels)),
         augment=None if cached else _augment(stage.augment, runtime.device),
         mean=ctx.dataset.mean, std=ctx.dataset.std, channels_last=runtime.channels_last, world=runtime.world,
     )
@@ -246,9 +244,7 @@ def member_part(ctx: RunContext, stage: StageConfig, rng: MemberRNG, name: str) 
     head = ctx.model.head
     if stage.max_norm is not None:
         weight = head.class_weight()
-        saved = stage.options.get("max_norm_threshold")
-        cap = MaxNorm(saved).to(weight.device) if saved is not None else MaxNorm.from_initial_norms(weight, **stage.max_norm)
-        stage.options["max_norm_threshold"] = cap.threshold.tolist()
+        cap = max_norm_cap(kind.state, weight, stage.max_norm)
         post_step.append(lambda: cap.apply_(weight))
     return Member(name, source, head, loss_fn, rng, mixer, offset, post_step)
 
@@ -526,7 +522,7 @@ class StackedRun:
             reason = encoder_refusal(ctx.model.encoder)
             if reason:
                 raise ConfigError(f"run {ctx.config.name!r} cannot be stacked: {reason}")
-        kinds = [[stage_kind(s.kind) for s in run.config.stages] for run in runs]
+        kinds = [ctx.kinds for ctx in ctxs]
         for run, ctx, rng, run_kinds in zip(runs, ctxs, rngs, kinds):
             with rng.active():
                 for kind, stage in zip(run_kinds, run.config.stages):
@@ -555,17 +551,18 @@ class StackedRun:
                         kinds[k][index].build(ctx, stage)
                     timings[k].append({"stage": stage.name, "seconds": time.perf_counter() - start, "compile_seconds": 0.0,
                                        "cuda_graph": False, "fallback_reason": "", "steps_per_epoch": 0, "batch_size": 0})
-                    run.folder.save(ctx, index, stage.epochs, None)
+                    run.folder.save(ctx, index, stage.epochs, None)  # post-hoc: its epochs are not used
                     run.folder.finish_stage(ctx, index, stage)
                 continue
             stage_start = time.perf_counter()
             members = []
-            for ctx, rng, stage, name in zip(ctxs, rngs, stages, names):
+            for ctx, rng, name in zip(ctxs, rngs, names):
                 with rng.active():
-                    members.append(member_part(ctx, stage, rng, name))
+                    members.append(member_part(ctx, index, rng, name))
             whole = stages[0].train != "head"
             encoder = StackedEncoder([ctx.model.encoder for ctx in ctxs]) if whole else None
-            plan = StackedPlan(stages[0].name, stages[0].epochs, members, encoder, stages[0].optimizer,
+            epochs = stage_epochs(stages[0], len(members[0].source.labels))
+            plan = StackedPlan(stages[0].name, epochs, members, encoder, stages[0].optimizer,
                                stages[0].schedule, stages[0].iterations)
             plan.compiled = whole and runtime.compile
             trainer = StackedTrainer(plan, runtime, progress=runs[0].config.engine.progress,
@@ -596,7 +593,7 @@ class StackedRun:
                             best_val[k] = (val_top1, copy.deepcopy(ctx.model.state_dict()))
                     run.folder.log(record)
                     every = config.engine.checkpoint_every
-                    if every and (epoch + 1) % every == 0 and epoch + 1 < _stages[k].epochs:
+                    if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
                         if not synced:
                             sync()
                             synced = True
@@ -615,7 +612,7 @@ class StackedRun:
                     "cuda_graph": trainer.graph is not None, "fallback_reason": trainer.fallback_reason,
                     "steps_per_epoch": trainer.steps, "batch_size": members[k].source.batch_size, "stacked": info(k),
                 })
-                run.folder.save(ctx, index, stage.epochs, None)
+                run.folder.save(ctx, index, epochs, None)
                 run.folder.finish_stage(ctx, index, stage)
         out = []
         for k, (run, ctx) in enumerate(zip(runs, ctxs)):

@@ -15,6 +15,7 @@ BWLM's stage 2) from cached features or online with augmentation; with ``options
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,9 +61,19 @@ class RunContext:
     run_dir: Path
     class_counts: np.ndarray = field(init=False)
     feature_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    kinds: list[StageKind] = field(init=False)  # one per stage, holding the stage's state
 
     def __post_init__(self) -> None:
         self.class_counts = self.dataset.class_counts
+        self.kinds = [stage_kind(stage.kind) for stage in self.config.stages]
+
+    def stage_states(self) -> list[dict[str, Any]]:
+        """Every stage's state (:meth:`StageKind.state_dict`), as a checkpoint keeps them."""
+        return [kind.state_dict() for kind in self.kinds]
+
+    def load_stage_states(self, states: list[dict[str, Any]]) -> None:
+        for kind, state in zip(self.kinds, states):
+            kind.load_state_dict(state)
 
     def counts_tensor(self) -> torch.Tensor:
         return torch.as_tensor(self.class_counts, device=self.runtime.device)
@@ -95,6 +106,20 @@ class StageKind:
 
     trains: bool = True
     epoch_options: tuple[str, ...] = ()  # keys of ``stage.options`` that hold epochs (epoch_scale moves them)
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {}  # what the stage decided while running (plain values)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stage's own state (e.g. a chosen tau, MaxNorm's thresholds), saved in checkpoints."""
+        return copy.deepcopy(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = copy.deepcopy(state)
+
+    def record(self) -> dict[str, Any]:
+        """What ``results.json`` records of the stage (``stage_records``): its state, by default."""
+        return self.state_dict()
 
     def check(self, ctx: RunContext, stage: StageConfig) -> None:
         """Raise a ConfigError naming the fix if the stage cannot run on this run's data.
@@ -206,6 +231,23 @@ def _mixer(ctx: RunContext, spec: dict[str, Any] | None):
     return build_mixer(spec, lambda: ctx.counts_tensor())
 
 
+def stage_epochs(stage: StageConfig, num_items: int) -> int:
+    """The stage's epochs: ``stage.epochs``, or for an iteration-based stage the sampler epochs that
+    ``stage.iterations`` steps span (the last one cut short)."""
+    if stage.iterations:
+        return epochs_for_iterations(stage.iterations, steps_per_epoch(num_items, stage.batch_size))
+    return stage.epochs
+
+
+def max_norm_cap(state: dict[str, Any], weight: torch.Tensor, spec: dict[str, Any]) -> MaxNorm:
+    """The stage's MaxNorm: thresholds from the head's initial row norms (``spec``), kept in the
+    stage's ``state`` as ``max_norm_threshold`` so that a resumed stage caps at the same ones."""
+    saved = state.get("max_norm_threshold")
+    cap = MaxNorm(saved).to(weight.device) if saved is not None else MaxNorm.from_initial_norms(weight, **spec)
+    state["max_norm_threshold"] = cap.threshold.tolist()
+    return cap
+
+
 def make_plan(
     stage: StageConfig,
     source,
@@ -215,8 +257,10 @@ def make_plan(
     loss_fn: nn.Module,
     hooks: list[Any] | None = None,
     post_step: list[Callable[[], None]] | None = None,
+    epochs: int | None = None,
 ) -> StagePlan:
-    """The :class:`StagePlan` that trains ``trained``'s parameters (``frozen`` stays in eval mode).
+    """The :class:`StagePlan` that trains ``trained``'s parameters (``frozen`` stays in eval mode)
+    for ``epochs`` (default ``stage.epochs``; :func:`stage_epochs` for iteration-based stages).
 
     ``hooks`` default to ``[loss_fn]``; a loss may declare ``graph_safe = False`` to run eagerly, a
     source a ``graph_unsafe_reason`` (e.g. a :class:`LoaderSource`).
@@ -227,7 +271,7 @@ def make_plan(
     source_reason = getattr(source, "graph_unsafe_reason", None)
     return StagePlan(
         name=stage.name,
-        epochs=stage.epochs,
+        epochs=epochs if epochs is not None else stage.epochs,
         source=source,
         named_params=named,
         compute_loss=compute_loss,
@@ -290,11 +334,10 @@ class SupervisedStage(StageKind):
         cached = head_only and stage.features == "cached"
         inputs, labels = self.training_data(ctx, stage, cached)
         offset = self.logit_offset(ctx, stage)
-        if stage.iterations:  # iteration-based stage: epochs of the sampler, the last one cut short
-            stage.epochs = epochs_for_iterations(stage.iterations, steps_per_epoch(len(labels), stage.batch_size))
+        epochs = stage_epochs(stage, len(labels))
         if isinstance(inputs, FileSplit):  # images streamed from disk
             source = LoaderSource(
-                inputs, strategy, stage.batch_size, stage.epochs, runtime, _augment_spec(stage.augment)[0],
+                inputs, strategy, stage.batch_size, epochs, runtime, _augment_spec(stage.augment)[0],
                 ctx.dataset.mean, ctx.dataset.std,
             )
         else:
@@ -304,7 +347,7 @@ class SupervisedStage(StageKind):
                 ctx.dataset.num_classes,
                 strategy,
                 stage.batch_size,
-                stage.epochs,
+                epochs,
                 augment=None if cached else _augment(stage.augment, runtime.device),
                 mean=ctx.dataset.mean,
                 std=ctx.dataset.std,
@@ -338,9 +381,7 @@ class SupervisedStage(StageKind):
         post_step = []
         if stage.max_norm is not None:
             weight = model.head.class_weight()
-            saved = stage.options.get("max_norm_threshold")  # set when the stage first ran: a resume keeps it
-            cap = MaxNorm(saved).to(weight.device) if saved is not None else MaxNorm.from_initial_norms(weight, **stage.max_norm)
-            stage.options["max_norm_threshold"] = cap.threshold.tolist()
+            cap = max_norm_cap(self.state, weight, stage.max_norm)
             post_step.append(lambda: cap.apply_(weight))
         # shift_bn (MiSLAS's "shift learning on BN"): the frozen encoder runs in train mode, so its
         # BatchNorm running statistics follow the stage's (e.g. class-balanced) batches; no gradients.
@@ -353,6 +394,7 @@ class SupervisedStage(StageKind):
             frozen=encoder if head_only and not shift_bn else None,
             loss_fn=loss_fn,
             post_step=post_step,
+            epochs=epochs,
         )
         if shift_bn:
             plan.train_modules.append(encoder)
@@ -366,7 +408,7 @@ class TauNormStage(StageKind):
 
     ``options.tau``: a fixed tau; otherwise tau is chosen on the validation split from
     ``options.grid`` (default 0, 0.1, ..., 2.0): the tau of the best balanced validation accuracy,
-    ties going to the smaller tau; it is recorded as ``options.chosen_tau``. Without a validation
+    ties going to the smaller tau; it is recorded as ``chosen_tau`` (the stage's record). Without a validation
     split and without a fixed tau this is an error, raised before stage 1 trains: tau is never
     chosen on the test set.
     """
@@ -393,7 +435,7 @@ class TauNormStage(StageKind):
         feats, labels = ctx.features("val"), ctx.splits["val"][1]
         best = max(grid, key=lambda tau: (_set_tau_and_score(head, tau, feats, labels), -tau))  # ties: smaller tau
         head.set_tau(best)
-        stage.options["chosen_tau"] = best
+        self.state["chosen_tau"] = best
         return None
 
 

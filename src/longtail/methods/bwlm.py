@@ -63,16 +63,8 @@ from ..registry import closest
 EXCLUDED_LOGIT_OFFSET = -1.0e4
 LOSS_COUNTS = ("review", "full")
 
-HEAD_CLASSES_OPTIONS = ("num_head_classes", "init_from", "head_classes_used")
-REVIEW_OPTIONS = (
-    "num_head_classes",
-    "review_seed",
-    "resample_each_epoch",
-    "loss_counts",
-    "init_from",
-    "review_seed_used",
-    "review_class_counts",
-)
+HEAD_CLASSES_OPTIONS = ("num_head_classes", "init_from")
+REVIEW_OPTIONS = ("num_head_classes", "review_seed", "resample_each_epoch", "loss_counts", "init_from")
 
 
 def _check_options(stage: StageConfig, valid: tuple[str, ...]) -> None:
@@ -80,7 +72,7 @@ def _check_options(stage: StageConfig, valid: tuple[str, ...]) -> None:
         if key not in valid:
             raise ConfigError(
                 f"stage {stage.name!r} ({stage.kind}): unknown option {key!r}{closest(key, valid)}; "
-                f"valid: {', '.join(v for v in valid if not v.endswith('_used') and v != 'review_class_counts')}"
+                f"valid: {', '.join(valid)}"
             )
 
 
@@ -112,7 +104,7 @@ class BWLMHeadClassesStage(SupervisedStage):
     def head_classes(self, ctx: RunContext, stage: StageConfig) -> np.ndarray:
         _check_options(stage, HEAD_CLASSES_OPTIONS)
         head = bwlm_head_classes(ctx.class_counts, _num_head_classes(stage))
-        stage.options["head_classes_used"] = sorted(int(c) for c in head)
+        self.state["head_classes_used"] = sorted(int(c) for c in head)
         return head
 
     def training_data(self, ctx: RunContext, stage: StageConfig, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,8 +189,8 @@ class BWLMReviewStage(SupervisedStage):
         inputs, labels = super().training_data(ctx, stage, cached)
         index = self.review_indices(ctx, stage)
         counts = np.bincount(ctx.splits["train"][1].cpu().numpy()[index], minlength=ctx.dataset.num_classes)
-        stage.options["review_seed_used"] = int(stage.options.get("review_seed", ctx.config.seed))
-        stage.options["review_class_counts"] = counts.tolist()
+        self.state["review_seed_used"] = int(stage.options.get("review_seed", ctx.config.seed))
+        self.state["review_class_counts"] = counts.tolist()
         self._full_inputs = inputs
         device_index = torch.as_tensor(index, device=labels.device)
         return inputs.index_select(0, device_index), labels.index_select(0, device_index)

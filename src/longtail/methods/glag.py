@@ -83,8 +83,8 @@ Choices where the paper is silent or ambiguous (options of ``glag_afg``,
   (a class with one or two training items after GraLoss). The text configs use it; the image
   recipes keep the paper's LWS.
 
-Recorded in ``stage.options`` (and so in ``results.json`` and the checkpoints, from which a
-resumed run continues): ``head_classes``, ``target_count``, ``num_generated``, ``beta_history``
+The stage's state (recorded in ``results.json`` as ``stage_records[i]`` and kept in the
+checkpoints, from which a resumed run continues): ``head_classes``, ``target_count``, ``num_generated``, ``beta_history``
 (beta of every class before the first epoch and after each update), ``val_balanced_acc_history``
 (mean per-class validation accuracy after each epoch), ``tail_val_acc_history`` (the same over
 tail classes) and ``val_acc_last``. Recorded measurements of these options:
@@ -146,26 +146,13 @@ DEFAULTS: dict[str, Any] = {
     "chunk_elements": 1 << 26,
     "min_items": 1,
 }
-# keys the stage writes into its options (results), plus the runner's own
-RECORDED = (
-    "head_classes",
-    "target_count",
-    "num_generated",
-    "beta_history",
-    "val_balanced_acc_history",
-    "tail_val_acc_history",
-    "val_acc_last",
-    "beta_last",
-    "classes_without_val",
-    "init_from",
-)
 HEAD_SPLITS = ("fraction", "many", "count")
 KD_ON = ("samples", "logits")
 
 
 def _options(stage: StageConfig) -> dict[str, Any]:
     """The stage's options merged over :data:`DEFAULTS`; unknown keys are errors."""
-    allowed = set(DEFAULTS) | set(RECORDED)
+    allowed = set(DEFAULTS) | {"init_from"}
     for key in stage.options:
         if key not in allowed:
             raise ConfigError(
@@ -472,7 +459,7 @@ class GLAGStage2Loss(nn.Module):
 class BetaAdapter:
     """Epoch hook of ``glag_afg``: alpha(T) for the KD term at the start of each epoch; after it,
     the per-class validation accuracy and the beta update of :func:`adapt_beta` (tail classes
-    only), recorded in ``record`` (the stage's options)."""
+    only), recorded in ``record`` (the stage's state)."""
 
     def __init__(
         self,
@@ -593,11 +580,11 @@ class GLAGAFGStage(StageKind):
             chunk_elements=opts["chunk_elements"], min_items=opts["min_items"],
         )
         tail_mask = ~head_mask
-        record = stage.options
+        record = self.state
         record["head_classes"] = torch.nonzero(head_mask).flatten().tolist()
         record["target_count"] = afg.target
         record["num_generated"] = afg.num_generated
-        # beta and the last validation accuracy: from the options when resuming, else initial
+        # beta and the last validation accuracy: from the stage's state when resuming, else initial
         if record.get("beta_last") is not None:  # resuming: the exact beta (beta_history is rounded)
             beta = torch.tensor(record["beta_last"], dtype=torch.float32, device=device)
         elif record.get("beta_history"):

@@ -46,7 +46,7 @@ Options (``stages[i].options``, default first). Choices where the paper is silen
   one again; ``auto`` is ``val`` when the run has a validation split (``data.val_per_class > 0``)
   and otherwise ``BETA_WITHOUT_VAL`` = 0.4, the lower end as for α and τ (``dc`` and ``none`` do
   not use β). Classes without validation items cannot be scored: they are left out of the
-  balanced accuracy and listed in ``record.beta_val_classes_without_items``.
+  balanced accuracy and listed in the record's ``beta_val_classes_without_items``.
 * ``weighting``: ``printed`` | ``inverse_distance``. Eq. 6 as printed,
   w_i = n_i‖μ_i − x̂‖² / Σ_j n_j‖μ_j − x̂‖², gives the farther of the m head classes the larger
   weight, against the text ("learn more from head classes that are more abundant and more
@@ -87,8 +87,8 @@ the experiments"), 30 epochs with lr ×0.1 at 10 and 20 (the paper's schedule).
 
 Stage kind ``ladc`` requires ``train: head`` (the encoder is frozen) and cached features; the
 stage's ``sampler`` is not used (Eq. 13 replaces it), ``mixing`` and ``max_norm`` are refused.
-What was derived (head classes, tail instances, class probabilities, effective α) is written to
-``stages[i].options["record"]`` and so to ``results.json``. Recorded measurements of these
+What was derived (head classes, tail instances, class probabilities, effective α, β and how it
+was set) is the stage's state, recorded in ``results.json`` as ``stage_records[i]``. Recorded measurements of these
 options: docs/method_notes.md.
 """
 from __future__ import annotations
@@ -106,6 +106,7 @@ import torch
 from ..config import StageConfig
 from ..engine.stages import STAGE_KINDS, RunContext, StageKind, build_stage_loss, make_head, make_plan
 from ..engine.checkpoint import rng_state, set_rng_state
+from ..engine.sources import epochs_for_iterations
 from ..engine.trainer import StagePlan, StageTrainer
 from ..errors import ConfigError
 from ..features.calibration import (
@@ -160,7 +161,7 @@ class LADCOptions:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "LADCOptions":
         names = [f.name for f in fields(cls)]
-        given = {k: v for k, v in options.items() if k not in ("record", "init_from")}
+        given = {k: v for k, v in options.items() if k != "init_from"}
         for key in given:
             if key not in names:
                 raise ConfigError(f"unknown ladc option {key!r}{closest(key, names)}; valid: {', '.join(names)}")
@@ -438,7 +439,7 @@ class LADCStage(StageKind):
         opts = LADCOptions.from_options(stage.options)
         beta, choice = self.resolve_beta(ctx, stage, opts)
         plan, sampler = self._plan(ctx, stage, dataclasses.replace(opts, beta=beta))
-        stage.options["record"] = {**sampler.record(), **choice}
+        self.state.update(sampler.record(), **choice)
         return plan
 
     def resolve_beta(self, ctx: RunContext, stage: StageConfig, opts: LADCOptions) -> tuple[float, dict[str, Any]]:
@@ -455,7 +456,7 @@ class LADCStage(StageKind):
             return BETA_WITHOUT_VAL, {"beta": None, "beta_source": f"unused (calibration {opts.calibration})"}
         if opts.beta == "auto" and "val" not in ctx.splits:
             return BETA_WITHOUT_VAL, {"beta": BETA_WITHOUT_VAL, "beta_source": "fixed (no validation split)"}
-        saved = stage.options.get("record", {})
+        saved = self.state
         if saved.get("beta_source") == "validation":  # set when the stage first ran: a resume keeps it
             return float(saved["beta"]), {k: saved.get(k) for k in ("beta", "beta_source", "beta_val_accuracy",
                                                                     "beta_val_classes_without_items")}
@@ -489,8 +490,8 @@ class LADCStage(StageKind):
         labels = ctx.splits["train"][1]
         sampler = LADCSampler(features, labels, ctx.dataset.num_classes, opts)
         source = CalibratedFeatureSource(sampler, stage.batch_size, opts.samples_per_epoch or int(labels.shape[0]))
-        if stage.iterations:  # iteration-based stage: whole epochs of draws, the last one cut short
-            stage.epochs = -(-stage.iterations // source.steps_per_epoch)
+        # an iteration-based stage: whole epochs of draws, the last one cut short
+        epochs = epochs_for_iterations(stage.iterations, source.steps_per_epoch) if stage.iterations else stage.epochs
         loss_fn = build_stage_loss(ctx, stage.loss)
         head = model.head
         uses_features = getattr(loss_fn, "uses_features", False)
@@ -500,5 +501,5 @@ class LADCStage(StageKind):
             loss = loss_fn(logits, y, features=x) if uses_features else loss_fn(logits, y)
             return loss, logits
 
-        plan = make_plan(stage, source, compute_loss, trained=head, frozen=model.encoder, loss_fn=loss_fn)
+        plan = make_plan(stage, source, compute_loss, trained=head, frozen=model.encoder, loss_fn=loss_fn, epochs=epochs)
         return plan, sampler
