@@ -162,7 +162,7 @@ CASES = [
     Case("data.counts without profile=explicit", lambda ws: ["--fresh", "data.counts=[20,10,5,3]"],
          r"data.counts is used only with data.profile=explicit \(data.profile is 'exp'\): add data.profile=explicit, "
          r"or remove data.counts"),
-    Case("init_from weights of another model", lambda ws: ["name=other", f"stages.0.options.init_from={ws / 'valid.pt'}"],
+    Case("init_from weights of another model", lambda ws: ["name=other", f"stages.0.init_from={ws / 'valid.pt'}"],
          r"the weights in .*valid.pt do not fit the model this config builds \(Error\(s\) in loading state_dict for "
          r"LTModel: Missing key\(s\) in state_dict: .*\): they come from another model \(encoder, head or code version\); use weights of this model"),
     Case("a valid checkpoint on a missing device", None, call=load_on_missing_device, expect=

@@ -100,3 +100,34 @@ def test_a_config_file_overrides_one_value_inside_the_stages_list(tmp_path):
     (tmp_path / "bad.yaml").write_text("method: ce\noverrides: [stages.0.epoch=3]\n")
     with pytest.raises(ConfigError, match="closest|epochs"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_init_from_and_shift_bn_given_as_options_move_to_their_stage_fields(tmp_path):
+    """Older configs gave the engine settings init_from / shift_bn as stage options: they are read
+    into the fields (with a warning naming the new key), and a run folder written that way still
+    matches the same config written the new way."""
+    import yaml
+
+    from longtail.config import read_run_config
+    from longtail.engine.runner import check_bound
+
+    with pytest.warns(FutureWarning) as caught:
+        old = load_config(mapping={"method": "mislas"}, overrides=["stages.1.options.shift_bn=false",
+                                                                   "stages.0.options={init_from: w.pt}"])
+    assert sorted(str(w.message).split(";")[0] for w in caught) == [
+        "stages.0.options.init_from is now stages.0.init_from", "stages.1.options.shift_bn is now stages.1.shift_bn"]
+    new = load_config(mapping={"method": "mislas"}, overrides=["stages.1.shift_bn=false", "stages.0.init_from=w.pt"])
+    assert (old.stages[1].shift_bn, old.stages[0].init_from) == (False, "w.pt") and old.stages[1].options == {}
+    assert to_dict(old) == to_dict(new)
+    assert load_config(mapping={"method": "mislas"}).stages[1].shift_bn is True  # the recipe's own setting
+    folder = tmp_path / "run"
+    folder.mkdir()
+    written = to_dict(new)  # as a run folder of the older schema recorded it:
+    for stage in written["stages"]:
+        stage["options"].update({key: stage.pop(key) for key in ("init_from", "shift_bn")})
+    (folder / "config.yaml").write_text(yaml.safe_dump(written))
+    (folder / "results.json").write_text("{}")
+    assert to_dict(read_run_config(folder / "config.yaml")) == to_dict(new)
+    check_bound(folder, new)  # the same config: accepted
+    with pytest.raises(ConfigError, match=r"stages.1.shift_bn: False -> True"):
+        check_bound(folder, load_config(mapping={"method": "mislas"}, overrides=["stages.0.init_from=w.pt"]))

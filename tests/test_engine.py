@@ -155,7 +155,7 @@ def test_compiled_encoder_trains_like_the_plain_one_and_reports_compile_time(tmp
 def test_mislas_stage2_trains_classifier_and_scale_and_shifts_bn_only_when_asked(tmp_path, shift_bn):
     # small stage-2 learning rates: after 4 tiny stage-1 epochs the BN running statistics (used when the
     # encoder is frozen in eval mode) are far from converged and the features are large
-    cfg = config(tmp_path, "mislas", "stages.1.epochs=2", "stages.1.batch_size=16", f"stages.1.options.shift_bn={shift_bn}",
+    cfg = config(tmp_path, "mislas", "stages.1.epochs=2", "stages.1.batch_size=16", f"stages.1.shift_bn={shift_bn}",
                  "stages.1.optimizer.lr=0.001", "stages.1.optimizer.param_groups={base.: {lr: 0.0005}}")
     runner.run_config(cfg)
     run_dir = tmp_path / "mislas" / "seed0"

@@ -27,7 +27,7 @@ def test_every_packaged_spec_plans_with_shared_stage_ones(spec_path, tmp_path):
     assert len(cells) == len(spec["methods"]) * len(spec["data"]) * len(spec["seeds"])
     for job in cells:
         assert job.config.seed in spec["seeds"] and job.config.name == job.method
-        if len(job.config.stages) > 1 and not job.config.stages[0].options.get("init_from"):
+        if len(job.config.stages) > 1 and not job.config.stages[0].init_from:
             provider = job.shared_stage1
             assert provider is not None and provider in jobs, job.method
             assert len(provider.config.stages) == 1

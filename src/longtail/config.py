@@ -16,6 +16,7 @@ import json
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -176,6 +177,10 @@ class StageConfig(Settings):
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     max_norm: dict[str, Any] | None = None  # {rule: ...} MaxNorm on the head weights
+    # load the model weights of this checkpoint instead of training the stage (a shared stage 1)
+    init_from: str | None = None
+    # train: head, features: online: the frozen encoder's BatchNorm statistics follow the stage's batches (MiSLAS)
+    shift_bn: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # method-specific stage options
 
 
@@ -358,8 +363,26 @@ def _key_order(key: str) -> list:
 
 def read_run_config(path: str | Path) -> RunConfig:
     """The config a run folder recorded (its ``config.yaml``), as written: already resolved, so no
-    recipe, base file or epoch scale is applied again; keys added to the schema since take their defaults."""
-    return from_dict(RunConfig, _read_yaml(Path(path)))
+    recipe, base file or epoch scale is applied again; keys added to the schema since take their
+    defaults, and stage options that became stage fields move there."""
+    return from_dict(RunConfig, _move_stage_options(_read_yaml(Path(path))))
+
+
+# stage options that became stage fields (older configs and run folders give them as options)
+MOVED_STAGE_OPTIONS = ("init_from", "shift_bn")
+
+
+def _move_stage_options(raw: dict[str, Any], warn: bool = False) -> dict[str, Any]:
+    """``stages.N.options.KEY`` -> ``stages.N.KEY`` for :data:`MOVED_STAGE_OPTIONS`."""
+    for index, stage in enumerate(raw.get("stages") or []):
+        options = stage.get("options") if isinstance(stage, dict) else None
+        for key in MOVED_STAGE_OPTIONS:
+            if isinstance(options, dict) and key in options:
+                if warn:
+                    warnings.warn(f"stages.{index}.options.{key} is now stages.{index}.{key}; "
+                                  "the config was read that way (write it there)", FutureWarning, stacklevel=3)
+                stage[key] = options.pop(key)
+    return raw
 
 
 # ---------------------------------------------------------------- files, recipes, overrides
@@ -495,7 +518,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), mappi
     for text in [*file_overrides, *overrides]:
         keys, value = parse_override(str(text))
         _apply_override(raw, keys, value)
-    config = from_dict(RunConfig, raw)
+    config = from_dict(RunConfig, _move_stage_options(raw, warn=True))
     config.name = config.name.replace("{data}", data_name(config.data))
     apply_epoch_scale(config)
     validate(config)

@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from ..atomic import atomic_write_text
-from ..config import RunConfig, load_config, to_dict
+from ..config import MOVED_STAGE_OPTIONS, RunConfig, load_config, to_dict
 from ..engine.runner import environment, git_commit, run_config, run_dir_of
 from ..engine.device import Runtime
 from ..errors import ConfigError
@@ -61,6 +61,9 @@ class Job:
 def _stage1_key(config: RunConfig) -> str:
     first = to_dict(config.stages[0])
     first.pop("name")
+    for key in MOVED_STAGE_OPTIONS:  # fields added later: at their defaults they leave the key as it was
+        if not first[key]:
+            first.pop(key)
     engine = to_dict(config.engine)
     numerics = {k: engine[k] for k in ("device", "amp", "channels_last", "cuda_graph", "compile")}
     # a prepared file is the whole dataset (load_dataset ignores the other data fields then)
@@ -104,7 +107,7 @@ def plan_jobs(spec: dict[str, Any], runs_dir: Path, methods=None, factors=None, 
             providers.setdefault(_stage1_key(job.config), job)
     kept = [job for job in jobs if not methods or job.method in methods]
     for job in kept:
-        if len(job.config.stages) > 1 and not job.config.stages[0].options.get("init_from"):
+        if len(job.config.stages) > 1 and not job.config.stages[0].init_from:
             key = _stage1_key(job.config)
             if key not in providers:
                 provider_config = copy.deepcopy(job.config)  # not reloaded: a recipe's overrides would apply again
@@ -120,7 +123,7 @@ def _attach_stage1(job: Job) -> RunConfig:
     """``job.config``, pointed at the stage-1 weights of the run it shares them with."""
     if job.shared_stage1 is not None:
         stage1 = run_dir_of(job.shared_stage1.config) / f"stage0_{job.shared_stage1.config.stages[0].name}.pt"
-        job.config.stages[0].options["init_from"] = str(stage1)
+        job.config.stages[0].init_from = str(stage1)
     return job.config
 
 

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         lws_cfg = load_config(
             mapping={"method": "ce", "name": "speed_lws"},
             overrides=data_args
-            + [f"output_dir={tmp}", "engine.progress=false", "engine.checkpoint_every=0", f"stages.0.options={{init_from: {stage1}}}"],
+            + [f"output_dir={tmp}", "engine.progress=false", "engine.checkpoint_every=0", f"stages.0.init_from={stage1}"],
         )
         lws_cfg.stages.append(_lws_stage())
         lws = run_config(lws_cfg, fresh=True)

@@ -320,9 +320,9 @@ class Run:
                 ctx.load_stage_states(saved_stage_states(resume, config))
                 set_rng_state(resume["rng"])
                 start_epoch = resume["epoch"]
-            if stage.options.get("init_from"):
-                self.init_from(ctx, stage.options["init_from"])
-                timings.append({"stage": stage.name, "seconds": 0.0, "init_from": stage.options["init_from"]})
+            if stage.init_from:
+                self.init_from(ctx, stage.init_from)
+                timings.append({"stage": stage.name, "seconds": 0.0, "init_from": stage.init_from})
                 self.folder.finish_stage(ctx, index, stage)
                 continue
             stage_start = time.perf_counter()

@@ -103,13 +103,13 @@ def stack_refusal(config: RunConfig) -> str:
         kind = _kind_class(stage.kind)
         if kind is None:
             return f"stage {index} has an unknown kind {stage.kind!r}"
-        if stage.options.get("init_from") or not kind.trains:
+        if stage.init_from or not kind.trains:
             continue
         if kind is not SupervisedStage:
             return f"stage {index} ({stage.name!r}) is of kind {stage.kind!r}, which trains with its own code"
         if stage.train == "head" and stage.features != "cached":
             return f"stage {index} ({stage.name!r}) trains a classifier on online features"
-        if stage.options.get("shift_bn"):
+        if stage.shift_bn:
             return f"stage {index} ({stage.name!r}) re-estimates BatchNorm statistics (shift_bn)"
     return ""
 
@@ -121,7 +121,7 @@ def stack_key(config: RunConfig) -> str:
     stages = []
     for stage in config.stages:
         kind = _kind_class(stage.kind)
-        init_from = bool(stage.options.get("init_from"))
+        init_from = bool(stage.init_from)
         if init_from or (kind is not None and not kind.trains):
             stages.append({"kind": stage.kind, "init_from": init_from})
             continue
@@ -538,10 +538,10 @@ class StackedRun:
             for ctx, rng, run_kinds, stage in zip(ctxs, rngs, kinds, stages):
                 with rng.active():
                     run_kinds[index].prepare(ctx, stage)
-            if stages[0].options.get("init_from"):
+            if stages[0].init_from:
                 for k, (run, ctx, stage) in enumerate(zip(runs, ctxs, stages)):
-                    run.init_from(ctx, stage.options["init_from"])
-                    timings[k].append({"stage": stage.name, "seconds": 0.0, "init_from": stage.options["init_from"]})
+                    run.init_from(ctx, stage.init_from)
+                    timings[k].append({"stage": stage.name, "seconds": 0.0, "init_from": stage.init_from})
                     run.folder.finish_stage(ctx, index, stage)
                 continue
             if not kinds[0][index].trains:  # post-hoc: each member alone

@@ -9,7 +9,7 @@ before loading its weights:
 
 ``supervised`` covers every stage trained by gradient descent on real data: stage 1 (whole
 network) and classifier re-training on a frozen encoder (cRT, LWS, LWS-Plus, WD+MaxNorm, IWB,
-BWLM's stage 2) from cached features or online with augmentation; with ``options.shift_bn``
+BWLM's stage 2) from cached features or online with augmentation; with ``shift_bn``
 (online only) the frozen encoder's BatchNorm statistics are re-estimated on the stage's batches
 (MiSLAS).
 """
@@ -293,9 +293,9 @@ class SupervisedStage(StageKind):
 
     def check(self, ctx: RunContext, stage: StageConfig) -> None:
         super().check(ctx, stage)
-        if stage.options.get("shift_bn") and (stage.train != "head" or stage.features != "online"):
+        if stage.shift_bn and (stage.train != "head" or stage.features != "online"):
             raise ConfigError(
-                f"stage {stage.name!r}: options.shift_bn re-estimates the frozen encoder's BatchNorm statistics "
+                f"stage {stage.name!r}: shift_bn re-estimates the frozen encoder's BatchNorm statistics "
                 "on the stage's own batches; it needs train: head and features: online"
             )
         check_head_fits(ctx, stage)
@@ -385,18 +385,17 @@ class SupervisedStage(StageKind):
             post_step.append(lambda: cap.apply_(weight))
         # shift_bn (MiSLAS's "shift learning on BN"): the frozen encoder runs in train mode, so its
         # BatchNorm running statistics follow the stage's (e.g. class-balanced) batches; no gradients.
-        shift_bn = bool(stage.options.get("shift_bn"))
         plan = make_plan(
             stage,
             source,
             compute_loss,
             trained=model.head if head_only else model,
-            frozen=encoder if head_only and not shift_bn else None,
+            frozen=encoder if head_only and not stage.shift_bn else None,
             loss_fn=loss_fn,
             post_step=post_step,
             epochs=epochs,
         )
-        if shift_bn:
+        if stage.shift_bn:
             plan.train_modules.append(encoder)
         plan.compiled = trained_encoder is not encoder
         return plan

@@ -63,8 +63,8 @@ from ..registry import closest
 EXCLUDED_LOGIT_OFFSET = -1.0e4
 LOSS_COUNTS = ("review", "full")
 
-HEAD_CLASSES_OPTIONS = ("num_head_classes", "init_from")
-REVIEW_OPTIONS = ("num_head_classes", "review_seed", "resample_each_epoch", "loss_counts", "init_from")
+HEAD_CLASSES_OPTIONS = ("num_head_classes",)
+REVIEW_OPTIONS = ("num_head_classes", "review_seed", "resample_each_epoch", "loss_counts")
 
 
 def _check_options(stage: StageConfig, valid: tuple[str, ...]) -> None:

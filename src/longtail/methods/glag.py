@@ -152,7 +152,7 @@ KD_ON = ("samples", "logits")
 
 def _options(stage: StageConfig) -> dict[str, Any]:
     """The stage's options merged over :data:`DEFAULTS`; unknown keys are errors."""
-    allowed = set(DEFAULTS) | {"init_from"}
+    allowed = set(DEFAULTS)
     for key in stage.options:
         if key not in allowed:
             raise ConfigError(

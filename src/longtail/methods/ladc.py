@@ -161,7 +161,7 @@ class LADCOptions:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "LADCOptions":
         names = [f.name for f in fields(cls)]
-        given = {k: v for k, v in options.items() if k != "init_from"}
+        given = dict(options)
         for key in given:
             if key not in names:
                 raise ConfigError(f"unknown ladc option {key!r}{closest(key, names)}; valid: {', '.join(names)}")
