@@ -10,14 +10,16 @@ A stage gives its augmentation by name (``augment: randaugment``) or as a mappin
 
 Each works on uint8 image batches on the device (in-memory data, :meth:`Augmentation.build`) and,
 by name only, on images streamed from disk (:meth:`Augmentation.file_transforms`, torchvision
-transforms on PIL images). A new augmentation::
+transforms on PIL images). A random augmentation takes ``generator`` in ``build`` (the run's
+device generator, :class:`~longtail.engine.rng.RunRNG`) and draws from it; one without that
+parameter is built without it. A new augmentation::
 
     @AUGMENTATIONS.register("cutout")
     class CutoutCropFlip(Augmentation):
         @staticmethod
-        def build(device, size=16):
+        def build(device, generator=None, size=16):
             cutout = Cutout(size).to(device)
-            return lambda x: random_crop_flip(cutout(x))
+            return lambda x: random_crop_flip(cutout(x, generator), generator=generator)
 """
 from __future__ import annotations
 
@@ -39,17 +41,19 @@ BatchAugment = Callable[[torch.Tensor], torch.Tensor]
 
 class Augmentation:
     """An augmentation of :data:`AUGMENTATIONS`. Its config options are the keyword parameters of
-    :meth:`build` after ``device`` (override :meth:`option_names` to read them elsewhere)."""
+    :meth:`build` other than ``device`` and ``generator`` (override :meth:`option_names` to read
+    them elsewhere)."""
 
     @staticmethod
-    def build(device: torch.device, **options: Any) -> BatchAugment | None:
-        """The augmentation of uint8 image batches ``[B, C, H, W]`` on ``device`` (None: none); a
-        ValueError for a bad option value becomes a ConfigError naming the augment."""
+    def build(device: torch.device, generator: torch.Generator | None = None, **options: Any) -> BatchAugment | None:
+        """The augmentation of uint8 image batches ``[B, C, H, W]`` on ``device`` (None: none), its
+        random draws from ``generator``; a ValueError for a bad option value becomes a ConfigError
+        naming the augment."""
         raise NotImplementedError
 
     @classmethod
     def option_names(cls) -> list[str]:
-        return [p for p in inspect.signature(cls.build).parameters if p != "device"]
+        return [p for p in inspect.signature(cls.build).parameters if p not in ("device", "generator")]
 
     @classmethod
     def file_transforms(cls) -> list[Any] | None:
@@ -62,7 +66,7 @@ class Augmentation:
 @AUGMENTATIONS.register("none")
 class NoAugment(Augmentation):
     @staticmethod
-    def build(device: torch.device) -> None:
+    def build(device: torch.device, generator: torch.Generator | None = None) -> None:
         return None
 
     @classmethod
@@ -73,8 +77,8 @@ class NoAugment(Augmentation):
 @AUGMENTATIONS.register("crop_flip")
 class CropFlip(Augmentation):
     @staticmethod
-    def build(device: torch.device) -> BatchAugment:
-        return random_crop_flip
+    def build(device: torch.device, generator: torch.Generator | None = None) -> BatchAugment:
+        return lambda x: random_crop_flip(x, generator=generator)
 
     @classmethod
     def file_transforms(cls) -> list[Any]:
@@ -91,9 +95,10 @@ class PolicyCropFlip(Augmentation):
         return list(inspect.signature(cls.policy).parameters)
 
     @classmethod
-    def build(cls, device: torch.device, **options: Any) -> BatchAugment:  # type: ignore[override]
+    def build(cls, device: torch.device, generator: torch.Generator | None = None,  # type: ignore[override]
+              **options: Any) -> BatchAugment:
         policy = cls.policy(**options).to(device)
-        return lambda x: random_crop_flip(policy(x))
+        return lambda x: random_crop_flip(policy(x, generator), generator=generator)
 
 
 @AUGMENTATIONS.register("randaugment")
@@ -129,12 +134,17 @@ def augment_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
-def build_augment(spec: str | dict[str, Any], device: torch.device) -> BatchAugment | None:
+def build_augment(spec: str | dict[str, Any], device: torch.device,
+                  generator: torch.Generator | None = None) -> BatchAugment | None:
     """The augmentation ``spec`` (a name, or a mapping with the name and options) of uint8 image
-    batches on ``device``, or None (``none``); bad names, options or values raise a ConfigError."""
+    batches on ``device``, or None (``none``), drawing from ``generator`` (passed to a ``build``
+    that takes it); bad names, options or values raise a ConfigError."""
     name, options = augment_spec(spec)
+    augmentation = AUGMENTATIONS.get(name)
+    if "generator" in inspect.signature(augmentation.build).parameters:
+        options["generator"] = generator
     try:
-        return AUGMENTATIONS.get(name).build(device, **options)
+        return augmentation.build(device, **options)
     except ValueError as err:
         raise ConfigError(f"augment {name!r}: {err}") from None
 

@@ -209,15 +209,16 @@ def check_mixing(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def build_mixer(
-    spec: Mapping[str, Any] | None, class_counts: Callable[[], torch.Tensor]
+    spec: Mapping[str, Any] | None, class_counts: Callable[[], torch.Tensor], generator: torch.Generator | None = None
 ) -> Callable[[torch.Tensor, torch.Tensor], MixedBatch] | None:
-    """The stage's mixing ``spec`` (None or empty: no mixing) as ``mixer(x, y) -> MixedBatch``;
-    ``class_counts()`` gives the training counts on the device (called only for schemes that use them)."""
+    """The stage's mixing ``spec`` (None or empty: no mixing) as ``mixer(x, y) -> MixedBatch``
+    drawing from ``generator``; ``class_counts()`` gives the training counts on the device (called
+    only for schemes that use them)."""
     if not spec:
         return None
     name, options = check_mixing(spec)
     scheme = MIXING.get(name)
     if scheme.uses_counts:
         counts = class_counts()
-        return lambda x, y: scheme.mix(x, y, counts, **options)
-    return lambda x, y: scheme.mix(x, y, **options)
+        return lambda x, y: scheme.mix(x, y, counts, **options, generator=generator)
+    return lambda x, y: scheme.mix(x, y, **options, generator=generator)

@@ -30,9 +30,12 @@ class Loss(nn.Module):
     Subclasses implement :meth:`per_sample`; :meth:`forward` is the mean over the batch of
     ``sample_weight * per_sample`` (mixing schemes pass per-sample weights).
     Anything that changes with the epoch lives in buffers updated in place by
-    :meth:`on_epoch_start`, so the step stays capturable in a CUDA graph.
+    :meth:`on_epoch_start`, so the step stays capturable in a CUDA graph. A loss that draws random
+    numbers draws them from ``generator``, which the engine sets to the run's device generator
+    (:func:`set_generator`; None: torch's global one).
     """
 
+    generator: torch.Generator | None = None
     uses_features: bool = False
     requires_head: str | None = None  # the head kind the loss is defined on (e.g. "cosine" for LDAM)
     epoch_params: tuple[str, ...] = ()  # constructor options that hold epochs (epoch_scale moves them)
@@ -69,6 +72,13 @@ class Loss(nn.Module):
         """Whether the loss itself changes at ``epoch`` (e.g. DRW switching on its weights), so that a
         jump in its value there is expected (the divergence check restarts its level). Default: no."""
         return False
+
+
+def set_generator(module: nn.Module, generator: torch.Generator | None) -> None:
+    """Set ``generator`` on every :class:`Loss` in ``module`` (a loss and the losses it wraps)."""
+    for part in module.modules():
+        if isinstance(part, Loss):
+            part.generator = generator
 
 
 def loss_options(name: str, options: Mapping[str, Any] | None = None) -> list[str] | None:

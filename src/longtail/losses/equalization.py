@@ -25,7 +25,7 @@ class SoftmaxEqualizationLoss(Loss):
     β = 1: :math:`\partial\ell/\partial z_k = \tilde w_k e^{z_k}/\sum_j\tilde w_j e^{z_j} - y_k`.
 
     β is drawn **independently for every (sample, class) entry** with ``torch.rand`` on the
-    logits' device (torch's RNG, graph-capturable; seed it with ``torch.manual_seed``). The draw
+    logits' device from ``self.generator`` (the run's, set by the engine; graph-capturable). The draw
     happens in eval mode too, so the eval loss is random unless γ is 0 or 1.
 
     Defaults: ``threshold`` λ = 3.0e-3 and ``gamma`` γ = 0.9, the values we recall from the
@@ -50,7 +50,7 @@ class SoftmaxEqualizationLoss(Loss):
     def per_sample(self, logits, targets):
         z = logits.float()
         negatives = 1.0 - one_hot(targets, z.shape[1])
-        beta = (torch.rand(z.shape, device=z.device) < self.gamma).float()
+        beta = (torch.rand(z.shape, generator=self.generator, device=z.device) < self.gamma).float()
         drop = (beta * self.tail.unsqueeze(0) * negatives) > 0  # w~_k == 0
         return torch.logsumexp(z.masked_fill(drop, float("-inf")), dim=1) - gather_target(z, targets)
 
