@@ -7,7 +7,7 @@ import yaml
 
 import longtail.engine.runner as runner
 from longtail.config import to_dict
-from longtail.engine.checkpoint import atomic_save, load_checkpoint, plain, rng_state, set_rng_state
+from longtail.engine.checkpoint import atomic_save, load_checkpoint, plain
 from longtail.errors import TrainingError
 
 from .conftest import config, tiny_dataset
@@ -39,25 +39,6 @@ def test_every_checkpoint_a_run_writes_loads_with_weights_only(tmp_path):
     assert len(files) == 3
     for path in files:
         torch.load(path, weights_only=True)
-
-
-def test_the_numpy_rng_state_round_trips_as_tensors():
-    np.random.seed(3)
-    state = rng_state()
-    assert isinstance(state["numpy"]["state"]["key"], torch.Tensor)
-    expected = np.random.rand(4)
-    np.random.seed(99)
-    set_rng_state(state)
-    np.testing.assert_array_equal(np.random.rand(4), expected)
-
-
-def test_a_checkpoint_written_with_the_old_numpy_rng_state_still_resumes(tmp_path):
-    np.random.seed(3)
-    old = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}  # a tuple with a uint32 array
-    expected = np.random.rand(4)
-    torch.save({"rng": old}, tmp_path / "old.pt")
-    set_rng_state(load_checkpoint(tmp_path / "old.pt")["rng"])
-    np.testing.assert_array_equal(np.random.rand(4), expected)
 
 
 class Marker:

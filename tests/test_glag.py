@@ -11,6 +11,7 @@ import longtail.engine.runner as runner
 from longtail.config import load_config
 from longtail.data.dataset import ArraySplit, LongTailedDataset
 from longtail.engine.device import Runtime
+from longtail.engine.rng import RunRNG
 from longtail.engine.stages import RunContext, stage_kind
 from longtail.errors import ConfigError
 from longtail.losses.ce import CrossEntropyLoss
@@ -291,7 +292,7 @@ def _context(tmp_path, *extra):
     torch.manual_seed(0)
     model = build_model("resnet20", 4, head="linear")
     splits = runner._to_device(dataset, runtime.device)
-    return RunContext(cfg, runtime, dataset, model, splits, tmp_path), cfg.stages[1]
+    return RunContext(cfg, runtime, dataset, model, splits, tmp_path, RunRNG(0, runtime.device)), cfg.stages[1]
 
 
 def test_stage_builds_a_balanced_epoch_source_and_a_graph_safe_loss(tmp_path):

@@ -53,8 +53,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
-# Checkpoints written before numpy state was stored as tensors hold numpy arrays (the numpy RNG
-# state, uint32); these globals rebuild such an array and run nothing else.
+# Checkpoints written before numpy state was stored as tensors hold numpy arrays (the global numpy
+# RNG state, uint32, of the code before per-run generators); these globals rebuild such an array
+# and run nothing else.
 _NUMPY_ARRAYS = [np.arange(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
@@ -104,33 +105,3 @@ def _unreadable(path: Path, cause: str) -> TrainingError:
         f"checkpoint {path} is unreadable ({cause}): it is damaged or not a "
         f"checkpoint. Move it aside (e.g. mv {path} {path}.bad) to train that part again"
     )
-
-
-def rng_state() -> dict[str, Any]:
-    """The torch (CPU, CUDA) and numpy global RNG states as tensors and plain values."""
-    numpy = np.random.get_state(legacy=False)
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {**numpy, "state": {"key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
-                                     "pos": int(numpy["state"]["pos"])}},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy = state["numpy"]
-    if isinstance(numpy, dict):
-        key = np.asarray(numpy["state"]["key"], dtype=np.int64).astype(np.uint32)
-        numpy = {**numpy, "state": {"key": key, "pos": numpy["state"]["pos"]}}
-    np.random.set_state(numpy)  # a dict, or the legacy tuple of older checkpoints
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA) and numpy's global generator."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)

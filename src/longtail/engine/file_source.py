@@ -43,7 +43,8 @@ def _to_device(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
 
 
 class LoaderSource:
-    """A training split read from disk, as fixed-size batches (``steps_per_epoch`` full batches)."""
+    """A training split read from disk, as fixed-size batches (``steps_per_epoch`` full batches);
+    ``generator`` (a CPU one, the run's) draws the epoch's indices and the workers' seeds."""
 
     graph_unsafe_reason = "images are streamed from disk by a DataLoader"
 
@@ -57,11 +58,13 @@ class LoaderSource:
         augment: str = "crop_flip",
         mean=None,
         std=None,
+        generator: torch.Generator | None = None,
     ):
         self.runtime = runtime
         self.batch_size = min(batch_size, len(split))
         self.steps_per_epoch = steps_per_epoch(len(split), self.batch_size)
-        self.sampler = StrategySampler(split.y, strategy, num_samples=self.steps_per_epoch * self.batch_size)
+        self.sampler = StrategySampler(split.y, strategy, num_samples=self.steps_per_epoch * self.batch_size,
+                                       generator=generator)
         self.sampler.set_epoch(0, total_epochs)
         world = runtime.world
         self.loader = DataLoader(
@@ -72,6 +75,7 @@ class LoaderSource:
             pin_memory=runtime.device.type == "cuda",
             persistent_workers=split.workers > 0,
             drop_last=True,
+            generator=generator,
         )
         self.batches: Iterator | None = None
 

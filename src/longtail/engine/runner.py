@@ -9,8 +9,8 @@ The run folder ``<output_dir>/<name>/seed<seed>/`` holds:
 - ``metrics.jsonl`` one line per epoch (stage, epoch, loss, train accuracy, lr, seconds, ...);
 - ``tensorboard/``  with ``engine.tensorboard: true``, the same records as TensorBoard scalars
   (tag ``<stage>/<key>``, step = the stage's epoch); needs ``pip install 'longtail[tensorboard]'``;
-- ``checkpoint.pt`` the latest state (stage, epoch, model, optimizer, loss state, RNG, the stages'
-  own states), written
+- ``checkpoint.pt`` the latest state (stage, epoch, model, optimizer, loss state, the run's
+  generators, the stages' own states), written
   atomically every ``engine.checkpoint_every`` epochs and at the end of each stage;
 - ``stage<i>_<name>.pt`` the model weights after each stage (shared stage 1 for benchmarks);
 - ``results.json``  final metrics (test, and validation when there is a split), the
@@ -55,11 +55,11 @@ from ..eval.metrics import EvalResult, weight_norms
 from ..eval.plots import plot_per_class_accuracy, plot_weight_norms
 from ..eval.report import format_report, write_json
 from ..models.factory import build_model
-from .concurrency import DEVICE_RNG_LOCK
-from .checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from .checkpoint import atomic_save, load_checkpoint
 from .device import Runtime
 from .distributed import parallel_path, sync_batchnorm
 from .evaluate import evaluate_model
+from .rng import RunRNG
 from .stages import RunContext
 from .trainer import StageTrainer
 
@@ -176,8 +176,8 @@ class RunFolder:
             self._tensorboard = None
 
     def save(self, ctx: RunContext, stage_index: int, epoch: int, trainer: StageTrainer | None) -> None:
-        """Write checkpoint.pt: the model, ``trainer.state_dict()`` (None at a stage's end), RNG, the
-        stages' states and elapsed seconds, to resume from ``epoch`` of stage ``stage_index``."""
+        """Write checkpoint.pt: the model, ``trainer.state_dict()`` (None at a stage's end), the run's
+        generators, the stages' states and elapsed seconds, to resume from ``epoch`` of stage ``stage_index``."""
         if not self.writes:
             return
         atomic_save(
@@ -186,7 +186,7 @@ class RunFolder:
                 "epoch": epoch,
                 "model": ctx.model.state_dict(),
                 "trainer": trainer.state_dict() if trainer is not None else None,
-                "rng": rng_state(),
+                "generators": ctx.rng.state_dict(),
                 "stage_states": ctx.stage_states(),
                 "elapsed_seconds": self.clock(),
             },
@@ -260,13 +260,14 @@ class Run:
 
     # ------------------------------------------------------------------ set-up
     def build(self) -> RunContext:
-        """Data, model and device splits, seeded with the run's seed; writes nothing."""
+        """Data, model and device splits, and the run's generators (seeded with its seed); writes nothing."""
         config = self.config
         dataset = self.dataset if self.dataset is not None else load_dataset(config.data)
-        with DEVICE_RNG_LOCK:  # seeding and initialisation stay deterministic under concurrency
-            seed_everything(config.seed)
+        rng = RunRNG(config.seed, self.runtime.device)
+        with rng.initialising():
             model = self._build_model(dataset)
-        return RunContext(config, self.runtime, dataset, model, _to_device(dataset, self.runtime.device), self.run_dir)
+        return RunContext(config, self.runtime, dataset, model, _to_device(dataset, self.runtime.device), self.run_dir,
+                          rng)
 
     def _build_model(self, dataset):
         config = self.config
@@ -311,14 +312,15 @@ class Run:
         best_val: tuple[float, dict[str, torch.Tensor]] | None = None
         last_training_stage = max((i for i, k in enumerate(kinds) if k.trains), default=-1)
         for index, (stage, kind) in enumerate(zip(config.stages, kinds)):
-            kind.prepare(ctx, stage)
+            with ctx.rng.initialising():  # a new head's weights
+                kind.prepare(ctx, stage)
             if resume is not None and index < resume["stage"]:
                 continue  # finished before the interruption; its weights come with the checkpoint
             start_epoch = 0
             if resume is not None and index == resume["stage"]:
                 load_weights(ctx.model, resume["model"], self.run_dir / "checkpoint.pt")
                 ctx.load_stage_states(saved_stage_states(resume, config))
-                set_rng_state(resume["rng"])
+                load_generators(ctx.rng, resume)
                 start_epoch = resume["epoch"]
             if stage.init_from:
                 self.init_from(ctx, stage.init_from)
@@ -332,7 +334,8 @@ class Run:
             trainer = None
             if plan is not None:
                 trainer = StageTrainer(plan, self.runtime, progress=config.engine.progress,
-                                       divergence_factor=config.engine.divergence_factor, stage_index=index)
+                                       divergence_factor=config.engine.divergence_factor, stage_index=index,
+                                       generators=ctx.rng.graph_generators())
                 if resume is not None and index == resume["stage"] and resume["trainer"] is not None:
                     trainer.load_state_dict(resume["trainer"])
 
@@ -461,6 +464,15 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path | str
         raise TrainingError(f"the weights in {path} do not fit the model this config builds ({cause}): "
                             "they come from another model (encoder, head or code version); use weights of this "
                             "model, or train again with --fresh or under a new name=") from None
+
+
+def load_generators(rng: RunRNG, checkpoint: dict[str, Any]) -> None:
+    """The run's generators as the checkpoint left them; a checkpoint of the code before per-run
+    generators holds the global states instead (``rng``), mapped by :meth:`RunRNG.load_global_state`."""
+    if "generators" in checkpoint:
+        rng.load_state_dict(checkpoint["generators"])
+    else:
+        rng.load_global_state(checkpoint["rng"])
 
 
 def non_finite_inputs(ctx: RunContext) -> DataError | None:

@@ -3,7 +3,9 @@
 :class:`DeviceSource` keeps the whole training split on the device (uint8 images or float
 features). Once per epoch it draws the epoch's sample indices on the device; each step then
 gathers its batch by index, augments it per sample and normalises it, all without a host
-synchronisation, so the step can be captured in a CUDA graph.
+synchronisation, so the step can be captured in a CUDA graph. The indices are drawn from
+``generator`` (the run's device generator); the augmentation draws from the generator it was
+built with.
 
 Every epoch has a fixed number of full batches, ``ceil(N / batch_size)``: instance sampling
 is a permutation of the data extended by the head of a second permutation to fill the last
@@ -49,8 +51,10 @@ class DeviceSource:
         std: tuple[float, ...] | None = None,
         channels_last: bool = False,
         world: World = World(),
+        generator: torch.Generator | None = None,
     ):
         self.inputs = inputs
+        self.generator = generator
         self.labels = labels
         self.batch_size = min(batch_size, len(labels))  # the global batch; this rank trains on its slice
         self.world = world
@@ -67,7 +71,7 @@ class DeviceSource:
 
     def start_epoch(self, epoch: int) -> None:
         """Draw this epoch's indices (on the device) and rewind the step cursor."""
-        drawn = self.drawer.draw(self.steps_per_epoch * self.batch_size, epoch)
+        drawn = self.drawer.draw(self.steps_per_epoch * self.batch_size, epoch, self.generator)
         self.epoch_indices.copy_(drawn.view(self.steps_per_epoch, self.batch_size))
         self.cursor.zero_()
 

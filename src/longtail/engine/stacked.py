@@ -5,7 +5,7 @@ batch size, optimizer and schedule may differ in seed, loss, sampler, augmentati
 and post-hoc stages (seeds of one method, and methods that differ only there). They train as one
 :class:`~longtail.models.stacked.StackedEncoder` (convolutions with ``groups=K``) with one head,
 one loss (with its own state: DRW weights, GHM statistics, Seesaw counts), one
-:class:`DeviceSource` (its own sampler and data order) and one random stream per member; one SGD
+:class:`DeviceSource` (its own sampler and data order) and its own generators per member; one SGD
 over the stacked tensors is K optimizers (SGD acts element by element). A step gathers every
 member's batch, runs the stacked encoder once on the batches side by side along the channels,
 each member's head and loss on its own features, and steps on the sum of the members' losses (so
@@ -18,14 +18,12 @@ Each member is an ordinary :class:`~longtail.engine.runner.Run` (its own config,
 up with its own seed as alone, copied into the stack before a whole-network stage and back after
 it (and before any evaluation between epochs).
 
-Random numbers. On the CPU, and on CUDA while the step runs eagerly, each member's draws (data
-order, augmentation, mixing, head initialisation of a later stage) come from its own saved copy
-of the global generators, which starts where the run alone would have it after set-up: member k
-draws exactly the numbers the run alone draws, so on deterministic CPU kernels a member equals
-the run trained alone up to the float rounding of the grouped convolution
-(``tests/test_stacked.py`` states the tolerance). Inside a CUDA graph, generator states cannot be
-swapped, so the members draw in turn from the device generator: independent streams, not the
-solo seed's stream (a solo run under a CUDA graph is not bitwise reproducible either).
+Random numbers. Each member draws from its own generators (``ctx.rng``, made by its
+:meth:`Run.build` from its seed, as alone): data order, augmentation, mixing and losses from its
+device generator (registered with the stack's CUDA graph), head initialisation of a later stage
+seeded from its CPU stream. Member k therefore draws exactly the numbers the run alone draws, so
+on deterministic CPU kernels a member equals the run trained alone up to the float rounding of
+the grouped convolution (``tests/test_stacked.py`` states the tolerance).
 
 Not covered (``stack_refusal`` says so, and ``longtail bench reproduce --stack`` runs such runs
 alone): method-specific stage kinds (GLAG, LADC, BWLM), classifier stages on online features
@@ -40,7 +38,6 @@ single runs); on the CPU it then continues exactly as the run alone would have.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import copy
 import json
@@ -61,6 +58,7 @@ from ..errors import ConfigError, TrainingError
 from ..models.stacked import StackedEncoder, stack_refusal as encoder_refusal
 from . import trainer as _trainer
 from .concurrency import DEVICE_RNG_LOCK
+from .rng import RunRNG
 from .device import Runtime
 from .runner import Run
 from .schedules import SCHEDULES
@@ -174,71 +172,38 @@ def group_for_stacking(configs: list[RunConfig], k: int) -> tuple[list[list[int]
     return stacks, alone
 
 
-# ---------------------------------------------------------------------------- random streams
-class MemberRNG:
-    """A member's own copy of the global generators (torch CPU, the device's CUDA one, numpy)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device if device.type == "cuda" else None
-        self.state = self._get()
-
-    def _get(self):
-        return (torch.get_rng_state(), torch.cuda.get_rng_state(self.cuda) if self.cuda else None,
-                np.random.get_state())
-
-    def _set(self, state) -> None:
-        torch.set_rng_state(state[0])
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(state[1], self.cuda)
-        np.random.set_state(state[2])
-
-    @contextlib.contextmanager
-    def active(self, swap: bool = True):
-        """The member's generators in place of the global ones (nothing happens with ``swap=False``)."""
-        if not swap:
-            yield
-            return
-        saved = self._get()
-        self._set(self.state)
-        try:
-            yield
-        finally:
-            self.state = self._get()
-            self._set(saved)
-
-
 # ---------------------------------------------------------------------------- one member's part
 @dataclass
 class Member:
-    """What a member contributes to a stacked stage: its data, head, loss and random stream."""
+    """What a member contributes to a stacked stage: its data, head, loss and generators."""
 
     name: str
     source: DeviceSource
     head: nn.Module
     loss_fn: nn.Module
-    rng: MemberRNG
+    rng: RunRNG
     mixer: Callable | None = None
     offset: torch.Tensor | None = None
     post_step: list[Callable[[], None]] = field(default_factory=list)
     check: Any = None
 
 
-def member_part(ctx: RunContext, index: int, rng: MemberRNG, name: str) -> Member:
+def member_part(ctx: RunContext, index: int, name: str) -> Member:
     """The member's part of its supervised stage ``index``, built as :meth:`SupervisedStage.build`
-    builds the run's own (same loss, mixing, sampler, data source, MaxNorm; call it with the
-    member's random stream active)."""
+    builds the run's own (same loss, mixing, sampler, data source, MaxNorm, drawing from ``ctx.rng``)."""
     runtime = ctx.runtime
     kind, stage = ctx.kinds[index], ctx.config.stages[index]
     loss_fn = build_stage_loss(ctx, stage.loss)
-    mixer = _mixer(ctx, stage.mixing)
+    mixer = _mixer(ctx, stage.mixing, ctx.rng.torch)
     strategy = build_sampler(stage.sampler["name"], **{k: v for k, v in stage.sampler.items() if k != "name"})
     cached = stage.train == "head"
     inputs, labels = kind.training_data(ctx, stage, cached)
     offset = kind.logit_offset(ctx, stage)
     source = DeviceSource(
         inputs, labels, ctx.dataset.num_classes, strategy, stage.batch_size, stage_epochs(stage, len(labels)),
-        augment=None if cached else _augment(stage.augment, runtime.device),
+        augment=None if cached else _augment(stage.augment, runtime.device, ctx.rng.torch),
         mean=ctx.dataset.mean, std=ctx.dataset.std, channels_last=runtime.channels_last, world=runtime.world,
+        generator=ctx.rng.torch,
     )
     post_step = []
     head = ctx.model.head
@@ -246,7 +211,7 @@ def member_part(ctx: RunContext, index: int, rng: MemberRNG, name: str) -> Membe
         weight = head.class_weight()
         cap = max_norm_cap(kind.state, weight, stage.max_norm)
         post_step.append(lambda: cap.apply_(weight))
-    return Member(name, source, head, loss_fn, rng, mixer, offset, post_step)
+    return Member(name, source, head, loss_fn, ctx.rng, mixer, offset, post_step)
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -288,27 +253,23 @@ class StackedTrainer(StepLoop):
         for m in members:
             named += [(f"{prefix}{n}", p) for n, p in m.head.named_parameters() if p.requires_grad]
         self.named_params = named
-        self._init_loop(named, plan.optimizer, plan.schedule, self.steps, (self.k, 2))
+        self._init_loop(named, plan.optimizer, plan.schedule, self.steps, (self.k, 2),
+                        [g for m in members for g in m.rng.graph_generators()])
         check = getattr(_trainer, "DivergenceCheck", None)
         for m in members:
             m.check = check(f"{plan.name} ({m.name})", divergence_factor,
                              f"stages.{stage_index}" if stage_index is not None else "stages.N", plan.optimizer.lr) if check else None
-        self.swap = True  # each member's own random stream (off inside a CUDA graph)
 
     # ------------------------------------------------------------------ the step
     def _step(self) -> None:
-        members, swap = self.plan.members, self.swap
-        batches = []
-        for m in members:
-            with m.rng.active(swap):
-                batches.append(m.source.next())
+        members = self.plan.members
+        batches = [m.source.next() for m in members]
         with self.runtime.autocast():
             inputs, mixed = [], []
             for m, (x, y) in zip(members, batches):
                 batch = None
                 if m.mixer is not None:
-                    with m.rng.active(swap):
-                        batch = m.mixer(x, y)
+                    batch = m.mixer(x, y)
                     x = batch.x
                 inputs.append(x)
                 mixed.append(batch)
@@ -325,13 +286,12 @@ class StackedTrainer(StepLoop):
                 logits = m.head(f)
                 if m.offset is not None:
                     logits = logits + m.offset
-                with m.rng.active(swap):
-                    if batch is not None:
-                        loss = mixed_loss(m.loss_fn, logits, batch)
-                    elif getattr(m.loss_fn, "uses_features", False):
-                        loss = m.loss_fn(logits, y, features=f)
-                    else:
-                        loss = m.loss_fn(logits, y)
+                if batch is not None:
+                    loss = mixed_loss(m.loss_fn, logits, batch)
+                elif getattr(m.loss_fn, "uses_features", False):
+                    loss = m.loss_fn(logits, y, features=f)
+                else:
+                    loss = m.loss_fn(logits, y)
                 losses.append(loss)
                 logits_all.append(logits)
             total = torch.stack([loss.float() for loss in losses]).sum()
@@ -343,9 +303,6 @@ class StackedTrainer(StepLoop):
         stats = [torch.stack([loss.detach().float(), (logits.detach().argmax(1) == y).sum().float()])
                  for loss, logits, (_, y) in zip(losses, logits_all, batches)]
         self.totals.add_(torch.stack(stats))
-
-    def _capturing(self, on: bool) -> None:
-        self.swap = not on  # generator states cannot be swapped inside a graph
 
     def _compile_error(self, exc: Exception) -> str:
         return f"{self.label} {self.plan.name!r}: torch.compile failed ({type(exc).__name__}: {exc}); run with engine.compile=off"
@@ -369,20 +326,17 @@ class StackedTrainer(StepLoop):
     def run_epoch(self, epoch: int) -> list[dict[str, float]]:
         plan = self.plan
         self.set_modes()
-        with DEVICE_RNG_LOCK:
-            for m in plan.members:
-                with m.rng.active(self.swap):
-                    m.loss_fn.on_epoch_start(epoch, plan.epochs)
-                    if m.check is not None and getattr(m.loss_fn, "loss_changes_at", lambda _: False)(epoch):
-                        restart = m.check.restart  # (its signature has varied: with or without the epoch)
-                        restart(*([epoch] if inspect.signature(restart).parameters else []))
-                    m.source.start_epoch(epoch)
-            self.step_index.fill_(epoch * self.steps)
-            self.totals.zero_()
+        for m in plan.members:
+            m.loss_fn.on_epoch_start(epoch, plan.epochs)
+            if m.check is not None and getattr(m.loss_fn, "loss_changes_at", lambda _: False)(epoch):
+                restart = m.check.restart  # (its signature has varied: with or without the epoch)
+                restart(*([epoch] if inspect.signature(restart).parameters else []))
+            m.source.start_epoch(epoch)
+        self.step_index.fill_(epoch * self.steps)
+        self.totals.zero_()
         last = self._train_steps(epoch, self.steps)
-        with DEVICE_RNG_LOCK:
-            for m in plan.members:
-                m.loss_fn.on_epoch_end()
+        for m in plan.members:
+            m.loss_fn.on_epoch_end()
         bad = nonfinite_count([p for _, p in self.named_params], self.totals)
         stats = torch.cat([self.totals.flatten(), bad]).tolist()  # one sync
         lr = float(self.optimizer.param_groups[0]["lr"])
@@ -502,31 +456,27 @@ class StackedRun:
 
     def _train(self, runs: list[Run]) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        saved = MemberRNG(runs[0].runtime.device)  # the caller's generators, restored at the end
         try:
             return self._stack(runs, started)
         finally:
-            saved._set(saved.state)
             for run in runs:
                 run.folder.close()
 
     def _stack(self, runs: list[Run], started: float) -> list[dict[str, Any]]:
         runtime = runs[0].runtime
         names = [f"{r.config.name}/seed{r.config.seed}" for r in runs]
-        ctxs, rngs = [], []
+        ctxs = []
         for run in runs:
-            ctxs.append(run.build())  # seeds with the run's seed and builds its model, as alone
-            rngs.append(MemberRNG(runtime.device))  # the generators where the run alone has them now
+            ctxs.append(run.build())  # its generators and model, as alone
             run.start_clock(started)
         for ctx in ctxs:
             reason = encoder_refusal(ctx.model.encoder)
             if reason:
                 raise ConfigError(f"run {ctx.config.name!r} cannot be stacked: {reason}")
         kinds = [ctx.kinds for ctx in ctxs]
-        for run, ctx, rng, run_kinds in zip(runs, ctxs, rngs, kinds):
-            with rng.active():
-                for kind, stage in zip(run_kinds, run.config.stages):
-                    kind.check(ctx, stage)
+        for run, ctx, run_kinds in zip(runs, ctxs, kinds):
+            for kind, stage in zip(run_kinds, run.config.stages):
+                kind.check(ctx, stage)
         for run in runs:
             run.folder.open(None)  # only now, with every member built and checked
         timings: list[list[dict[str, Any]]] = [[] for _ in runs]
@@ -535,8 +485,8 @@ class StackedRun:
         info = lambda k: {"members": len(runs), "member": k, "runs": names}  # noqa: E731
         for index in range(len(runs[0].config.stages)):
             stages = [run.config.stages[index] for run in runs]
-            for ctx, rng, run_kinds, stage in zip(ctxs, rngs, kinds, stages):
-                with rng.active():
+            for ctx, run_kinds, stage in zip(ctxs, kinds, stages):
+                with ctx.rng.initialising():  # a new head's weights, as alone
                     run_kinds[index].prepare(ctx, stage)
             if stages[0].init_from:
                 for k, (run, ctx, stage) in enumerate(zip(runs, ctxs, stages)):
@@ -545,22 +495,21 @@ class StackedRun:
                     run.folder.finish_stage(ctx, index, stage)
                 continue
             if not kinds[0][index].trains:  # post-hoc: each member alone
-                for k, (run, ctx, rng, stage) in enumerate(zip(runs, ctxs, rngs, stages)):
+                for k, (run, ctx, stage) in enumerate(zip(runs, ctxs, stages)):
                     start = time.perf_counter()
-                    with rng.active():
-                        kinds[k][index].build(ctx, stage)
+                    kinds[k][index].build(ctx, stage)
                     timings[k].append({"stage": stage.name, "seconds": time.perf_counter() - start, "compile_seconds": 0.0,
                                        "cuda_graph": False, "fallback_reason": "", "steps_per_epoch": 0, "batch_size": 0})
                     run.folder.save(ctx, index, stage.epochs, None)  # post-hoc: its epochs are not used
                     run.folder.finish_stage(ctx, index, stage)
                 continue
             stage_start = time.perf_counter()
-            members = []
-            for ctx, rng, name in zip(ctxs, rngs, names):
-                with rng.active():
-                    members.append(member_part(ctx, index, rng, name))
+            members = [member_part(ctx, index, name) for ctx, name in zip(ctxs, names)]
             whole = stages[0].train != "head"
-            encoder = StackedEncoder([ctx.model.encoder for ctx in ctxs]) if whole else None
+            encoder = None
+            if whole:  # its own initialisation (overwritten by the members' weights) leaves the global RNG as it was
+                with DEVICE_RNG_LOCK, torch.random.fork_rng(devices=[]):
+                    encoder = StackedEncoder([ctx.model.encoder for ctx in ctxs])
             epochs = stage_epochs(stages[0], len(members[0].source.labels))
             plan = StackedPlan(stages[0].name, epochs, members, encoder, stages[0].optimizer,
                                stages[0].schedule, stages[0].iterations)
@@ -600,8 +549,7 @@ class StackedRun:
                         trained = ctx.model if encoder is not None else ctx.model.head
                         named = [(n, p) for n, p in trained.named_parameters() if p.requires_grad]
                         state = _MemberTrainerState(trainer.member_state_dict(k, named))
-                        with rngs[k].active():  # the checkpoint's RNG state is the member's own
-                            run.folder.save(ctx, _index, epoch + 1, state)
+                        run.folder.save(ctx, _index, epoch + 1, state)
 
             trainer.fit(0, on_epoch_end)
             sync()

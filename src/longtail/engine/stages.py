@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..eval.metrics import per_class_accuracy
 from ..features.extract import extract_features
 from ..losses import LOSSES, build_loss
-from ..losses.base import check_loss_options
+from ..losses.base import check_loss_options, set_generator
 from ..losses.logit_adjust import posthoc_logit_adjustment
 from ..models.factory import LTModel
 from ..models.heads import HEADS, FrozenBaseHead, Head, LinearHead, NCMHead, TauNormHead
@@ -43,6 +43,7 @@ from ..registry import Registry
 from .device import Runtime
 from .file_source import LoaderSource, eval_batches
 from .maxnorm import MaxNorm
+from .rng import RunRNG
 from .sources import DeviceSource, epochs_for_iterations, steps_per_epoch
 from .trainer import StagePlan
 
@@ -51,7 +52,7 @@ STAGE_KINDS = Registry("stage kind")
 
 @dataclass
 class RunContext:
-    """What the stages of one run share: config, machine, data on the device, the model."""
+    """What the stages of one run share: config, machine, data on the device, the model, its random streams."""
 
     config: RunConfig
     runtime: Runtime
@@ -59,6 +60,7 @@ class RunContext:
     model: LTModel
     splits: dict[str, tuple[torch.Tensor | FileSplit, torch.Tensor]]  # name -> (inputs, labels); labels on the device
     run_dir: Path
+    rng: RunRNG  # every random draw of the run's stages (engine/rng.py)
     class_counts: np.ndarray = field(init=False)
     feature_cache: dict[str, torch.Tensor] = field(default_factory=dict)
     kinds: list[StageKind] = field(init=False)  # one per stage, holding the stage's state
@@ -205,30 +207,35 @@ def _augment_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return augment_spec(spec)
 
 
-def _augment(spec: str | dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _augment(spec: str | dict[str, Any], device: torch.device,
+             generator: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The GPU augmentation ``spec`` (``data.augmentations.AUGMENTATIONS``): ``none``, ``crop_flip``
     (random crop of the padded image + horizontal flip), or ``randaugment`` / ``autoaugment``, by name
     or as a mapping with the policy's options (:class:`RandAugment`: num_ops, magnitude,
     num_magnitude_bins, interpolation; :class:`AutoAugment`: policy cifar10 | imagenet | svhn,
-    interpolation). Order: the policy is applied first, then random crop + flip."""
-    return build_augment(spec, device)
+    interpolation). Order: the policy is applied first, then random crop + flip; draws from ``generator``."""
+    return build_augment(spec, device, generator)
 
 
 def build_stage_loss(ctx: RunContext, spec: dict[str, Any]) -> nn.Module:
     """The stage's loss ``{name: ..., **options}`` on the run's device, given the training counts
-    (and the current head, for losses such as IWB's that read the classifier weights)."""
+    (and the current head, for losses such as IWB's that read the classifier weights), drawing
+    from the run's device generator."""
     options = dict(spec)
     name = options.pop("name")
     from ..losses import LOSSES
 
     if "head" in inspect.signature(LOSSES.get(name)).parameters:
         options["head"] = ctx.model.head
-    return build_loss(name, class_counts=ctx.class_counts.tolist(), **options).to(ctx.runtime.device)
+    loss = build_loss(name, class_counts=ctx.class_counts.tolist(), **options).to(ctx.runtime.device)
+    set_generator(loss, ctx.rng.torch)
+    return loss
 
 
-def _mixer(ctx: RunContext, spec: dict[str, Any] | None):
-    """The stage's mixing (``data.mixing.MIXING``) as ``mixer(x, y)``, or None without one."""
-    return build_mixer(spec, lambda: ctx.counts_tensor())
+def _mixer(ctx: RunContext, spec: dict[str, Any] | None, generator: torch.Generator | None = None):
+    """The stage's mixing (``data.mixing.MIXING``) as ``mixer(x, y)`` drawing from ``generator``, or
+    None without one."""
+    return build_mixer(spec, lambda: ctx.counts_tensor(), generator)
 
 
 def stage_epochs(stage: StageConfig, num_items: int) -> int:
@@ -328,7 +335,7 @@ class SupervisedStage(StageKind):
     def build(self, ctx: RunContext, stage: StageConfig) -> StagePlan:
         model, runtime = ctx.model, ctx.runtime
         loss_fn = build_stage_loss(ctx, stage.loss)
-        mixer = _mixer(ctx, stage.mixing)
+        mixer = _mixer(ctx, stage.mixing, ctx.rng.torch)
         strategy = build_sampler(stage.sampler["name"], **{k: v for k, v in stage.sampler.items() if k != "name"})
         head_only = stage.train == "head"
         cached = head_only and stage.features == "cached"
@@ -338,7 +345,7 @@ class SupervisedStage(StageKind):
         if isinstance(inputs, FileSplit):  # images streamed from disk
             source = LoaderSource(
                 inputs, strategy, stage.batch_size, epochs, runtime, _augment_spec(stage.augment)[0],
-                ctx.dataset.mean, ctx.dataset.std,
+                ctx.dataset.mean, ctx.dataset.std, generator=ctx.rng.cpu,
             )
         else:
             source = DeviceSource(
@@ -348,11 +355,12 @@ class SupervisedStage(StageKind):
                 strategy,
                 stage.batch_size,
                 epochs,
-                augment=None if cached else _augment(stage.augment, runtime.device),
+                augment=None if cached else _augment(stage.augment, runtime.device, ctx.rng.torch),
                 mean=ctx.dataset.mean,
                 std=ctx.dataset.std,
                 channels_last=runtime.channels_last,
                 world=runtime.world,
+                generator=ctx.rng.torch,
             )
         encoder = model.encoder
         trained_encoder = encoder if head_only else runtime.compiled(encoder)

@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -130,13 +130,16 @@ class StepLoop:
     """The step loop :class:`StageTrainer` and :class:`~longtail.engine.stacked.StackedTrainer` share:
     SGD with device-side lr tables, the first steps (torch.compile, CUDA-graph capture or eager
     fallback) and the graph-or-eager steps. A subclass sets ``plan`` (``name``, ``epochs``,
-    ``max_steps``, ``compiled``) and ``runtime``, and defines ``_step`` and ``_use_graph``."""
+    ``max_steps``, ``compiled``) and ``runtime``, and defines ``_step`` and ``_use_graph``;
+    ``_init_loop`` takes the CUDA generators the step draws from (``RunRNG.graph_generators``),
+    which the CUDA graph must know of to advance them on each replay."""
 
     label = "stage"  # names the trainer in warnings and errors
 
     def _init_loop(self, named_params, optimizer: OptimizerConfig, schedule: ScheduleConfig, steps: int,
-                   totals: tuple[int, ...]) -> None:
+                   totals: tuple[int, ...], generators: Sequence[torch.Generator] = ()) -> None:
         device = self.runtime.device
+        self.generators = list(generators)
         groups = build_param_groups(named_params, optimizer)
         self.lr_tables = []
         for group in groups:
@@ -169,9 +172,6 @@ class StepLoop:
         self.optimizer.zero_grad(set_to_none=True)
         self._step()
 
-    def _capturing(self, on: bool) -> None:
-        """Called with True just before the capture, with False when it failed."""
-
     def _compile_error(self, exc: Exception) -> str:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return (f"{self.label} {self.plan.name!r}: torch.compile failed ({type(exc).__name__}: {reason}); "
@@ -186,8 +186,9 @@ class StepLoop:
                 self._eager_step()
         torch.cuda.current_stream().wait_stream(stream)
         self.optimizer.zero_grad(set_to_none=True)
-        self._capturing(True)
         graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:  # torch registers only the default CUDA generator itself
+            graph.register_generator_state(generator)
         # A capture stream of our own and thread-local error mode let several runs capture and
         # replay concurrently from different threads (``longtail bench reproduce --concurrent``).
         with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
@@ -215,7 +216,6 @@ class StepLoop:
                     self._capture(warmup)
             except RuntimeError as exc:  # capture failed: the warm-up steps stand, go on eagerly
                 self.graph = None
-                self._capturing(False)
                 self.fallback_reason = f"CUDA graph capture failed: {exc}"
                 warnings.warn(f"{self.label} {self.plan.name!r}: {self.fallback_reason}; running eagerly", stacklevel=3)
                 self.runtime = dataclasses.replace(self.runtime, cuda_graph=False)
@@ -241,14 +241,16 @@ class StepLoop:
 
 
 class StageTrainer(StepLoop):
-    """Runs the epochs of one :class:`StagePlan`; ``stage_index`` names the stage in messages."""
+    """Runs the epochs of one :class:`StagePlan`; ``stage_index`` names the stage in messages;
+    ``generators``: the CUDA generators the plan's step draws from (``ctx.rng.graph_generators()``)."""
 
     def __init__(self, plan: StagePlan, runtime: Runtime, progress: bool = True,
-                 divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR, stage_index: int | None = None):
+                 divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR, stage_index: int | None = None,
+                 generators: Sequence[torch.Generator] = ()):
         self.plan, self.runtime, self.progress = plan, runtime, progress
         where = f"stages.{stage_index}" if stage_index is not None else "stages.N"
         self.check = DivergenceCheck(plan.name, divergence_factor, where, plan.optimizer.lr)
-        self._init_loop(plan.named_params, plan.optimizer, plan.schedule, plan.source.steps_per_epoch, (2,))
+        self._init_loop(plan.named_params, plan.optimizer, plan.schedule, plan.source.steps_per_epoch, (2,), generators)
         self.loss_step = plan.compute_loss
         if runtime.world.size > 1:  # engine/distributed.py
             self.loss_step = data_parallel(plan.compute_loss, [p for _, p in plan.named_params], plan.train_modules,
@@ -289,18 +291,16 @@ class StageTrainer(StepLoop):
         plan = self.plan
         self.set_modes()
         steps = plan.source.steps_per_epoch
-        with DEVICE_RNG_LOCK:
-            for hook in plan.hooks:
-                hook.on_epoch_start(epoch, plan.epochs)
-                if getattr(hook, "loss_changes_at", lambda _: False)(epoch):
-                    self.check.restart()
-            plan.source.start_epoch(epoch)
-            self.step_index.fill_(epoch * steps)
-            self.totals.zero_()
+        for hook in plan.hooks:
+            hook.on_epoch_start(epoch, plan.epochs)
+            if getattr(hook, "loss_changes_at", lambda _: False)(epoch):
+                self.check.restart()
+        plan.source.start_epoch(epoch)
+        self.step_index.fill_(epoch * steps)
+        self.totals.zero_()
         last = self._train_steps(epoch, steps)
-        with DEVICE_RNG_LOCK:
-            for hook in plan.hooks:
-                hook.on_epoch_end()
+        for hook in plan.hooks:
+            hook.on_epoch_end()
         world = self.runtime.world
         broadcast_buffers_(plan.train_modules, world)  # rank 0's BatchNorm statistics everywhere
         stats = torch.cat([self.totals, nonfinite_count([p for _, p in plan.named_params], self.totals)])

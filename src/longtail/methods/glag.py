@@ -396,16 +396,17 @@ class AdaptiveFeatureGenerator:
 
 class AFGSource(DeviceSource):
     """A :class:`DeviceSource` over the AFG's epoch set: ``start_epoch`` regenerates the
-    features in place (eager) with the current beta, then draws the epoch's order; ``next``
-    is the parent's (graph-safe)."""
+    features in place (eager) with the current beta, then draws the epoch's order, both from
+    ``generator``; ``next`` is the parent's (graph-safe)."""
 
-    def __init__(self, afg: AdaptiveFeatureGenerator, state: "BetaAdapter", strategy, batch_size: int, total_epochs: int):
+    def __init__(self, afg: AdaptiveFeatureGenerator, state: "BetaAdapter", strategy, batch_size: int, total_epochs: int,
+                 generator: torch.Generator | None = None):
         buffer = torch.zeros(afg.size, afg.dim, device=afg.device)
-        super().__init__(buffer, afg.labels, afg.num_classes, strategy, batch_size, total_epochs)
+        super().__init__(buffer, afg.labels, afg.num_classes, strategy, batch_size, total_epochs, generator=generator)
         self.afg, self.state = afg, state
 
     def start_epoch(self, epoch: int) -> None:
-        self.afg.fill(self.inputs, self.state.beta)
+        self.afg.fill(self.inputs, self.state.beta, self.generator)
         super().start_epoch(epoch)
 
 
@@ -616,7 +617,7 @@ class GLAGAFGStage(StageKind):
             tolerance=opts["beta_tolerance"], prev_acc=prev_acc, record=record,
         )
         strategy = build_sampler(stage.sampler["name"], **{k: v for k, v in stage.sampler.items() if k != "name"})
-        source = AFGSource(afg, adapter, strategy, stage.batch_size, stage.epochs)
+        source = AFGSource(afg, adapter, strategy, stage.batch_size, stage.epochs, ctx.rng.torch)
 
         def compute_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = head(x)

@@ -105,7 +105,6 @@ import torch
 
 from ..config import StageConfig
 from ..engine.stages import STAGE_KINDS, RunContext, StageKind, build_stage_loss, make_head, make_plan
-from ..engine.checkpoint import rng_state, set_rng_state
 from ..engine.sources import epochs_for_iterations
 from ..engine.trainer import StagePlan, StageTrainer
 from ..errors import ConfigError
@@ -236,15 +235,18 @@ class LADCSampler:
 
     Rows: ``calibration="instance"`` and ``"dc"``: one per tail training instance (in training-split
     order); ``"average"``: one per tail class (increasing class index); ``"none"``: no rows.
+    Every draw comes from ``generator`` (on the features' device; the run's in a stage).
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int, opts: LADCOptions):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int, opts: LADCOptions,
+                 generator: torch.Generator | None = None):
         if opts.beta == "val":
             raise ConfigError("ladc option beta=val is chosen by the ladc stage on the validation split; "
                               "give LADCSampler a number (or 'auto': BETA_WITHOUT_VAL)")
         if opts.beta == "auto":  # no validation split in sight: the fixed default
             opts = dataclasses.replace(opts, beta=BETA_WITHOUT_VAL)
         self.opts = opts
+        self.generator = generator
         self.features = features.float()
         self.labels = labels.long()
         device = self.features.device
@@ -329,12 +331,14 @@ class LADCSampler:
         if self.opts.sampler == "factored":
             g = self.gaussians
             drawn, _ = sample_factored_gaussians(g.means[unique], g.classes[unique], g.weights[unique], self.stats.factors,
-                                                 counts, g.dispersion[unique], g.mode)
+                                                 counts, g.dispersion[unique], g.mode,
+                                                 generator=self.generator)
         else:
             parts = []
             for start in range(0, unique.shape[0], self.opts.chunk_rows):
                 means, covs = self.calibrate(unique[start : start + self.opts.chunk_rows])
-                parts.append(sample_gaussians(means, covs, counts[start : start + self.opts.chunk_rows])[0])
+                parts.append(sample_gaussians(means, covs, counts[start : start + self.opts.chunk_rows],
+                                              generator=self.generator)[0])
             drawn = torch.cat(parts)
         z = torch.empty_like(drawn)  # drawn is grouped by row, in row order
         z[torch.argsort(inverse, stable=True)] = drawn
@@ -342,9 +346,9 @@ class LADCSampler:
 
     def draw_epoch(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(features [S, D], labels [S], generated [S] bool)`` for one epoch (eager, on the device)."""
-        classes = torch.multinomial(self.probabilities, num_samples, replacement=True)
+        classes = torch.multinomial(self.probabilities, num_samples, replacement=True, generator=self.generator)
         n = self.class_counts[classes]
-        u = torch.rand(num_samples, device=classes.device, dtype=torch.float64)
+        u = torch.rand(num_samples, generator=self.generator, device=classes.device, dtype=torch.float64)
         offsets = torch.minimum((u * n).long(), n - 1)
         instances = self.sorted_indices[self.starts[classes] + offsets]
         x = self.features[instances].clone()
@@ -447,9 +451,9 @@ class LADCStage(StageKind):
         on a run with a validation split) the grid value whose stage-2 classifier has the best
         balanced validation accuracy (ties: the smaller β); ``auto`` without one, BETA_WITHOUT_VAL.
 
-        Each candidate trains the stage from the same head and the same RNG state, and the RNG state
-        is restored afterwards, so the stage then trains exactly the chosen candidate's classifier
-        again. A resumed run reuses the β its record holds instead of choosing again."""
+        Each candidate trains the stage from the same head and the same state of the run's generators
+        (``ctx.rng``), restored afterwards, so the stage then trains exactly the chosen candidate's
+        classifier again. A resumed run reuses the β its record holds instead of choosing again."""
         if opts.beta not in BETA_MODES:
             return float(opts.beta), {"beta": float(opts.beta), "beta_source": "given"}
         if opts.calibration not in ("instance", "average"):  # no Eq. 11-12: beta is not used
@@ -462,7 +466,7 @@ class LADCStage(StageKind):
                                                                     "beta_val_classes_without_items")}
         head = ctx.model.head
         initial = copy.deepcopy(head.state_dict())
-        rng = rng_state()
+        rng = ctx.rng.state_dict()
         feats, labels = ctx.features("val"), ctx.splits["val"][1]
         present = torch.bincount(labels, minlength=ctx.dataset.num_classes) > 0
         unseen = torch.nonzero(~present).flatten().tolist()
@@ -472,12 +476,13 @@ class LADCStage(StageKind):
         scores: dict[float, float] = {}
         for beta in opts.beta_grid:
             head.load_state_dict(initial)
-            set_rng_state(rng)
+            ctx.rng.load_state_dict(rng)
             plan, _ = self._plan(ctx, stage, dataclasses.replace(opts, beta=beta))
-            StageTrainer(plan, ctx.runtime, progress=False, divergence_factor=ctx.config.engine.divergence_factor).fit()
+            StageTrainer(plan, ctx.runtime, progress=False, divergence_factor=ctx.config.engine.divergence_factor,
+                         generators=ctx.rng.graph_generators()).fit()
             scores[beta] = float(per_class_accuracy(head, feats, labels, ctx.dataset.num_classes)[present].mean())
         head.load_state_dict(initial)
-        set_rng_state(rng)
+        ctx.rng.load_state_dict(rng)
         best = max(opts.beta_grid, key=lambda b: (scores[b], -b))
         return best, {"beta": best, "beta_source": "validation",
                       "beta_val_accuracy": {str(b): round(100 * v, 4) for b, v in scores.items()},
@@ -488,7 +493,7 @@ class LADCStage(StageKind):
         model = ctx.model
         features = ctx.features("train")
         labels = ctx.splits["train"][1]
-        sampler = LADCSampler(features, labels, ctx.dataset.num_classes, opts)
+        sampler = LADCSampler(features, labels, ctx.dataset.num_classes, opts, ctx.rng.torch)
         source = CalibratedFeatureSource(sampler, stage.batch_size, opts.samples_per_epoch or int(labels.shape[0]))
         # an iteration-based stage: whole epochs of draws, the last one cut short
         epochs = epochs_for_iterations(stage.iterations, source.steps_per_epoch) if stage.iterations else stage.epochs
