@@ -33,7 +33,7 @@ torchvision ResNets, and data parallelism.
 Checkpoints and resuming: every ``engine.checkpoint_every`` epochs and at the end of each stage,
 each member writes its own ``checkpoint.pt`` as the run alone would (its weights, its optimizer
 state sliced out of the stack in the solo run's layout, its loss state, divergence level and
-random stream). A run with a ``checkpoint.pt`` resumes alone (an interrupted stack resumes as K
+generators). A run with a ``checkpoint.pt`` resumes alone (an interrupted stack resumes as K
 single runs); on the CPU it then continues exactly as the run alone would have.
 """
 from __future__ import annotations

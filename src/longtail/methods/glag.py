@@ -399,8 +399,8 @@ class AFGSource(DeviceSource):
     features in place (eager) with the current beta, then draws the epoch's order, both from
     ``generator``; ``next`` is the parent's (graph-safe)."""
 
-    def __init__(self, afg: AdaptiveFeatureGenerator, state: "BetaAdapter", strategy, batch_size: int, total_epochs: int,
-                 generator: torch.Generator | None = None):
+    def __init__(self, afg: AdaptiveFeatureGenerator, state: "BetaAdapter", strategy, batch_size: int,
+                 total_epochs: int, generator: torch.Generator | None = None):
         buffer = torch.zeros(afg.size, afg.dim, device=afg.device)
         super().__init__(buffer, afg.labels, afg.num_classes, strategy, batch_size, total_epochs, generator=generator)
         self.afg, self.state = afg, state

@@ -41,7 +41,7 @@ Options (``stages[i].options``, default first). Choices where the paper is silen
   without giving the values; we take the lower ends.
 * ``beta``: ``auto`` | ``val`` | a number; ``beta_grid``: 0.4, 0.7, 1.0, 1.3 (the paper's range
   0.4–1.3, its value not given). ``val`` trains the stage once per grid value from the same head
-  and RNG state, keeps the β with the best balanced validation accuracy (ties: the smaller β;
+  and the run's generators' state, keeps the β with the best balanced validation accuracy (ties: the smaller β;
   never the test set; refused before stage 1 without a validation split) and trains the chosen
   one again; ``auto`` is ``val`` when the run has a validation split (``data.val_per_class > 0``)
   and otherwise ``BETA_WITHOUT_VAL`` = 0.4, the lower end as for α and τ (``dc`` and ``none`` do
