@@ -12,6 +12,7 @@ import torch
 import longtail.engine.runner as runner
 from longtail.engine.checkpoint import atomic_save, load_checkpoint
 from longtail.engine.rng import RunRNG
+from longtail.engine.stacked import StackedRun
 from longtail.engine.trainer import StageTrainer
 
 from .conftest import config, tiny_dataset
@@ -51,6 +52,17 @@ def test_a_run_leaves_the_global_generators_as_it_found_them(tmp_path):
     np.random.seed(5)
     before = torch.get_rng_state(), np.random.get_state()[1].copy()
     runner.run_config(config(tmp_path, "ce", "stages.0.epochs=2", *DRAWING))
+    assert torch.equal(torch.get_rng_state(), before[0])
+    np.testing.assert_array_equal(np.random.get_state()[1], before[1])
+
+
+def test_a_stack_leaves_the_global_generators_as_it_found_them(tmp_path):
+    torch.manual_seed(123)
+    np.random.seed(5)
+    before = torch.get_rng_state(), np.random.get_state()[1].copy()
+    results = StackedRun([config(tmp_path, "ce", f"seed={s}", "stages.0.epochs=1", "model.encoder=resnet8", *DRAWING)
+                          for s in (0, 1)]).execute()
+    assert all(r["stacked"]["members"] == 2 for r in results)
     assert torch.equal(torch.get_rng_state(), before[0])
     np.testing.assert_array_equal(np.random.get_state()[1], before[1])
 
