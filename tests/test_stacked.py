@@ -126,8 +126,10 @@ def test_stacked_stage2_on_cached_features_equals_the_runs_alone(tmp_path, monke
     # float32 (feature extraction computes in float32). cRT: stage 1 stacked, then each member's new linear head (initialised from its own random
     # stream) trained on its own cached features, all in one step; checkpoint selection on validation
     # Float32 rounding of the grouped convolution stays within the tolerance only on a calm trajectory:
-    # stage 2 at a tenth of cRT's lr (at 0.2 its loss climbs past 50), and seeds other than 1 (whose
-    # stage 1 amplifies it; in float64 it equals its run alone bit for bit, test_stacked_ce_seeds_...).
+    # stage 2 at a tenth of cRT's lr (at 0.2 its loss climbs past 50), and seeds other than 1: with
+    # seed 1's stream the stacked stage 1 differs from the solo one by 6e-5 (relative) in the first
+    # epoch's loss (seeds 0, 2: 1e-7) and 0.04 in a BatchNorm running variance after two epochs, while
+    # in float64 it equals its run alone bit for bit (test_stacked_ce_seeds_equal_the_runs_trained_alone).
     monkeypatch.setattr(runner, "load_dataset", lambda config: tiny_dataset(config, val=True))
     compare(tmp_path, [("crt", s, ["stages.1.epochs=2", "stages.1.batch_size=32", "stages.1.optimizer.lr=0.02",
                                    "eval.select=best_val", "data.val_per_class=8"]) for s in (0, 2, 3)], exact=False)
