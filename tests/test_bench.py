@@ -26,8 +26,8 @@ def spec_file(tmp_path, monkeypatch):
     for method in ("ce", "crt", "lws"):
         (tmp_path / f"{method}.yaml").write_text(f"method: {method}\n")
     spec = {"name": "tiny", "dataset": "cifar10-lt", "data": {100: {"imbalance_factor": 100}}, "seeds": [0, 1],
-            "methods": {"ce": "ce.yaml", "crt": {"config": "crt.yaml", "overrides": ["stages.1.epochs=2", "stages.1.optimizer.lr=0.02"]},
-                        "lws": {"config": "lws.yaml", "overrides": ["stages.1.epochs=2", "stages.1.optimizer.lr=0.02"]}}, "overrides": SMALL}
+            "methods": {"ce": "ce.yaml", "crt": {"config": "crt.yaml", "overrides": ["stages.1.epochs=2", "stages.1.optimizer.lr=0.005"]},
+                        "lws": {"config": "lws.yaml", "overrides": ["stages.1.epochs=2", "stages.1.optimizer.lr=0.005"]}}, "overrides": SMALL}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

@@ -526,3 +526,17 @@ def test_decayed_window_remnants_keep_the_weights_finite():
     assert 0 < loss.hist[0, 2] < 1e-43  # v^-0.9 of this overflows float32
     assert torch.isfinite(loss.weight_table).all()
     assert loss.weight_table.max() <= loss.hist.sum()  # at most the class's whole window
+
+
+def test_weights_of_a_set_of_samples_have_mean_one_in_every_class():
+    """``weights_of``: the samples given are every class's histogram, so under the category
+    reading each class's weights average 1 over its own samples (R moves weight inside a class)."""
+    torch.manual_seed(0)
+    counts = [40, 20, 10, 5]
+    targets = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    logits = torch.randn(len(targets), 4) * 3
+    loss = GHMCWAPLoss(counts, regions="ura", inter=False)
+    weights = loss.weights_of(logits, targets)
+    for c in range(4):
+        assert weights[targets == c].mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert weights.std() > 0.1  # not all ones: the regions differ in density

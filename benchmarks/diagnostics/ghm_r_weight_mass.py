@@ -41,12 +41,7 @@ def hard_weight_mass(run_dir: str, hard_above: float = 0.5) -> list[dict]:
         logits = torch.cat([model(x[i:i + 1000]) for i in range(0, len(x), 1000)])
     loss = GHMCWAPLoss(ds.class_counts, regions="ura", inter=False)
     g = loss.gradient_norm(logits, y)
-    region = loss._region(loss.edges, y, g)
-    with torch.no_grad():  # the whole training set as each class's histogram, then the loss's tables
-        loss.hist.zero_().view(-1).index_add_(0, y * loss.num_regions + region, torch.ones_like(g))
-        loss.started.fill_(True)
-        loss._refresh_tables()
-    w = loss.weight_table[y, region]
+    w = loss.weights_of(logits, y)  # the whole training set as each class's histogram
     rows = []
     for c in range(ds.num_classes):
         m = y == c

@@ -116,8 +116,9 @@ def _to_device(dataset, device: torch.device) -> dict[str, tuple[torch.Tensor | 
 
 
 class RunFolder:
-    """Every write into one run folder (see the module docstring), atomic where it replaces a file;
-    nothing is written where ``writes`` is False (ranks other than 0 under data parallelism)."""
+    """One run folder (see the module docstring): what is in it (a finished run's results, the
+    checkpoint to resume from) and every write into it, atomic where it replaces a file; nothing
+    is written where ``writes`` is False (ranks other than 0 under data parallelism)."""
 
     def __init__(self, config: RunConfig, runtime: Runtime, command: str | None, fresh: bool,
                  clock: Callable[[], float]):
@@ -130,6 +131,34 @@ class RunFolder:
         self.writes = runtime.world.main  # under data parallelism rank 0 alone writes the run folder
         self._tensorboard = None  # the SummaryWriter, opened with the first record
 
+    # ------------------------------------------------------------------ reads
+    def finished_results(self) -> dict[str, Any] | None:
+        """The results of this config's finished run in the folder, else None; a folder holding a
+        run of another config is a ConfigError (with ``fresh`` the folder is not looked at)."""
+        if self.fresh:
+            return None
+        check_bound(self.run_dir, self.config)
+        path = self.run_dir / "results.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from (None: start from scratch)."""
+        path = self.run_dir / "checkpoint.pt"
+        return load_checkpoint(path) if not self.fresh and path.exists() else None
+
+    def saved_work(self) -> str:
+        """What a failed stage leaves to resume from, for its error message."""
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            return "No checkpoint had been written yet (engine.checkpoint_every sets how often)."
+        try:
+            saved = load_checkpoint(path)
+        except TrainingError:
+            return f"{path} was left as it was."
+        stage = self.config.stages[saved["stage"]].name
+        return f"The last checkpoint ({path}: stage {stage!r}, epoch {saved['epoch']}) is intact."
+
+    # ------------------------------------------------------------------ writes
     def open(self, resume: dict[str, Any] | None) -> None:
         """Make the run folder ready, once everything is built and checked: with ``fresh`` the old
         folder is moved aside (never deleted); a new run records its config, fingerprint and
@@ -243,21 +272,6 @@ class Run:
         """``--fresh``: the folder's earlier run is neither reported nor resumed, and is moved aside."""
         return self.folder.fresh
 
-    # ------------------------------------------------------------------ the run folder
-    def finished_results(self) -> dict[str, Any] | None:
-        """The results of this config's finished run in the folder, else None; a folder holding a
-        run of another config is a ConfigError (with ``fresh`` the folder is not looked at)."""
-        if self.fresh:
-            return None
-        check_bound(self.run_dir, self.config)
-        path = self.run_dir / "results.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def resume_state(self) -> dict[str, Any] | None:
-        """The checkpoint to resume from (None: start from scratch)."""
-        path = self.run_dir / "checkpoint.pt"
-        return load_checkpoint(path) if not self.fresh and path.exists() else None
-
     # ------------------------------------------------------------------ set-up
     def build(self) -> RunContext:
         """Data, model and device splits, and the run's generators (seeded with its seed); writes nothing."""
@@ -295,12 +309,12 @@ class Run:
             self.folder.close()
 
     def _execute(self) -> dict[str, Any]:
-        finished = self.finished_results()
+        finished = self.folder.finished_results()
         if finished is not None:
             return finished
         started = time.perf_counter()
         config = self.config
-        resume = self.resume_state()
+        resume = self.folder.resume_state()
         ctx = self.build()
         kinds = ctx.kinds
         for kind, stage in zip(kinds, config.stages):
@@ -357,7 +371,7 @@ class Run:
                 try:
                     trainer.fit(start_epoch, on_epoch_end)
                 except TrainingError as exc:  # the inputs are checked before the learning rate is blamed
-                    raise non_finite_inputs(ctx) or TrainingError(f"{exc} {self._saved_work()}") from None
+                    raise non_finite_inputs(ctx) or TrainingError(f"{exc} {self.folder.saved_work()}") from None
             timings.append(
                 {
                     "stage": stage.name,
@@ -378,18 +392,6 @@ class Run:
             results["resumed_from"] = {"stage": resume["stage"], "epoch": resume["epoch"]}
         self.folder.write_results(results)
         return results
-
-    def _saved_work(self) -> str:
-        """What a failed stage leaves to resume from, for its error message."""
-        path = self.run_dir / "checkpoint.pt"
-        if not path.exists():
-            return "No checkpoint had been written yet (engine.checkpoint_every sets how often)."
-        try:
-            saved = load_checkpoint(path)
-        except TrainingError:
-            return f"{path} was left as it was."
-        stage = self.config.stages[saved["stage"]].name
-        return f"The last checkpoint ({path}: stage {stage!r}, epoch {saved['epoch']}) is intact."
 
     def start_clock(self, started: float, before: float = 0.0) -> None:
         """Count the run's time from ``started`` (``time.perf_counter()``), after ``before`` seconds spent earlier."""

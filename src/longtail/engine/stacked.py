@@ -38,14 +38,12 @@ single runs); on the CPU it then continues exactly as the run alone would have.
 """
 from __future__ import annotations
 
-import inspect
 import copy
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -54,9 +52,8 @@ from ..config import RunConfig, to_dict
 from ..data.factory import DATASETS
 from ..data.mixing import mixed_loss
 from ..data.sampling import build_sampler
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError
 from ..models.stacked import StackedEncoder, stack_refusal as encoder_refusal
-from . import trainer as _trainer
 from .concurrency import DEVICE_RNG_LOCK
 from .rng import RunRNG
 from .device import Runtime
@@ -65,7 +62,7 @@ from .schedules import SCHEDULES
 from .sources import DeviceSource
 from .stages import (RunContext, SupervisedStage, _augment, _mixer, build_stage_loss, max_norm_cap, stage_epochs,
                      stage_kind)
-from .trainer import DEFAULT_DIVERGENCE_FACTOR, StepLoop, build_param_groups, nonfinite_count
+from .trainer import DEFAULT_DIVERGENCE_FACTOR, DivergenceCheck, StepLoop, build_param_groups, nonfinite_count
 
 STACKABLE_ENCODERS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet32x8",
@@ -185,7 +182,7 @@ class Member:
     mixer: Callable | None = None
     offset: torch.Tensor | None = None
     post_step: list[Callable[[], None]] = field(default_factory=list)
-    check: Any = None
+    check: DivergenceCheck | None = None  # set by the trainer
 
 
 def member_part(ctx: RunContext, index: int, name: str) -> Member:
@@ -255,10 +252,9 @@ class StackedTrainer(StepLoop):
         self.named_params = named
         self._init_loop(named, plan.optimizer, plan.schedule, self.steps, (self.k, 2),
                         [g for m in members for g in m.rng.graph_generators()])
-        check = getattr(_trainer, "DivergenceCheck", None)
+        where = f"stages.{stage_index}" if stage_index is not None else "stages.N"
         for m in members:
-            m.check = check(f"{plan.name} ({m.name})", divergence_factor,
-                             f"stages.{stage_index}" if stage_index is not None else "stages.N", plan.optimizer.lr) if check else None
+            m.check = DivergenceCheck(f"{plan.name} ({m.name})", divergence_factor, where, plan.optimizer.lr)
 
     # ------------------------------------------------------------------ the step
     def _step(self) -> None:
@@ -304,9 +300,6 @@ class StackedTrainer(StepLoop):
                  for loss, logits, (_, y) in zip(losses, logits_all, batches)]
         self.totals.add_(torch.stack(stats))
 
-    def _compile_error(self, exc: Exception) -> str:
-        return f"{self.label} {self.plan.name!r}: torch.compile failed ({type(exc).__name__}: {exc}); run with engine.compile=off"
-
     def _use_graph(self) -> bool:
         if not self.runtime.cuda_graph:
             return False
@@ -328,9 +321,8 @@ class StackedTrainer(StepLoop):
         self.set_modes()
         for m in plan.members:
             m.loss_fn.on_epoch_start(epoch, plan.epochs)
-            if m.check is not None and getattr(m.loss_fn, "loss_changes_at", lambda _: False)(epoch):
-                restart = m.check.restart  # (its signature has varied: with or without the epoch)
-                restart(*([epoch] if inspect.signature(restart).parameters else []))
+            if getattr(m.loss_fn, "loss_changes_at", lambda _: False)(epoch):
+                m.check.restart()
             m.source.start_epoch(epoch)
         self.step_index.fill_(epoch * self.steps)
         self.totals.zero_()
@@ -345,11 +337,7 @@ class StackedTrainer(StepLoop):
         for k, m in enumerate(plan.members):
             loss_sum, correct = stats[2 * k], stats[2 * k + 1]
             bad_weights = int(self._bad_weights(k)) if stats[-1] else 0
-            if m.check is not None:
-                m.check(epoch, loss_sum / last, bad_weights)
-            elif not np.isfinite(loss_sum) or bad_weights:
-                raise TrainingError(f"stacked stage {plan.name!r}, member {m.name}, epoch {epoch + 1}: "
-                                    f"the loss ({loss_sum / last}) or the weights are not finite")
+            m.check(epoch, loss_sum / last, bad_weights)
             out.append({"loss": loss_sum / last, "train_acc": 100.0 * correct / seen, "lr": lr})
         return out
 
@@ -386,8 +374,7 @@ class StackedTrainer(StepLoop):
             group["lr"] = float(group["lr"])
             group["fused"] = self.optimizer.defaults.get("fused")
         out = {"optimizer": state, "hooks": [m.loss_fn.state_dict()] if isinstance(m.loss_fn, nn.Module) else []}
-        if m.check is not None:
-            out["divergence"] = m.check.state_dict()
+        out["divergence"] = m.check.state_dict()
         return out
 
     def fit(self, start_epoch: int = 0,
@@ -437,7 +424,7 @@ class StackedRun:
         results: dict[int, dict[str, Any]] = {}
         pending = []
         for i, run in enumerate(self.runs):
-            finished = run.finished_results()  # a folder of another config is refused here
+            finished = run.folder.finished_results()  # a folder of another config is refused here
             if finished is not None:
                 results[i] = finished
             elif not run.fresh and (run.run_dir / "checkpoint.pt").exists():

@@ -383,6 +383,18 @@ class GHMCWAPLoss(Loss):
         inner = edges[:, 1:-1][targets]  # [B, N-1] boundaries of each sample's class
         return torch.searchsorted(inner, g.unsqueeze(1), right=True).squeeze(1)
 
+    @torch.no_grad()
+    def weights_of(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """R's weight ``W_{y,i}`` of each sample when these samples are every class's histogram
+        (the tables are rebuilt from them: e.g. a whole training set under a trained model)."""
+        targets = targets.long()
+        g = self.gradient_norm(logits, targets)
+        region = self._region(self.edges, targets, g)
+        self.hist.zero_().view(-1).index_add_(0, targets * self.num_regions + region, torch.ones_like(g))
+        self.started.fill_(True)
+        self._refresh_tables()
+        return self.weight_table[targets, region]
+
     def gradient_norm(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``g = 1 - p_y`` per sample, detached (``grad_norm``: plain or adjusted softmax)."""
         z = logits.detach().float()
