@@ -20,7 +20,7 @@ import torch
 
 from longtail.cli import main
 from longtail.engine.checkpoint import atomic_save, load_checkpoint
-from longtail.engine.trainer import StageTrainer
+from longtail.engine.trainer import Trainer
 from longtail.errors import LongTailError
 
 COUNTS = [20, 10, 5, 3]
@@ -53,7 +53,7 @@ def ws(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("bad_input")
     features = write_features(ws / "f.npz")
     assert main(["train", *base_args(ws)]) == 0
-    original = StageTrainer.run_epoch
+    original = Trainer.run_epoch
 
     def interrupted(self, epoch):
         if epoch == 2:
@@ -61,7 +61,7 @@ def ws(tmp_path_factory) -> Path:
         return original(self, epoch)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(StageTrainer, "run_epoch", interrupted)
+        patch.setattr(Trainer, "run_epoch", interrupted)
         assert main(["train", *base_args(ws), "name=cut"]) == 130
     assert load_checkpoint(ws / "runs" / "cut" / "seed0" / "checkpoint.pt")["epoch"] == 2
 

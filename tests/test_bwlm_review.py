@@ -64,7 +64,7 @@ def test_review_stage_losses_use_the_counts_of_the_review_set(tmp_path, fake_dat
     for stage in cfg.stages:
         stage_kind(stage.kind).prepare(ctx, stage)
     stage, kind = cfg.stages[1], ctx.kinds[1]
-    loss = kind.build(ctx, stage).hooks[0]
+    loss = kind.build(ctx, stage).members[0].hooks[0]
     review = [12, 12, 12, 6]
     assert isinstance(loss, BalancedFocalSoftmaxLoss) and loss.alpha == 0.5
     assert kind.record()["review_class_counts"] == review
@@ -114,9 +114,9 @@ def test_bias_only_review_stage_learns_no_prior_by_default(tmp_path, fake_data, 
     for stage in cfg.stages:
         stage_kind(stage.kind).prepare(ctx, stage)
     plan = stage_kind("bwlm_review").build(ctx, cfg.stages[1])
-    labels = plan.source.labels.cpu()
+    labels = plan.members[0].source.labels.cpu()
     assert torch.bincount(labels).tolist() == [12, 12, 12, 6]
-    b = _fitted_biases(plan.hooks[0].cpu(), labels)
+    b = _fitted_biases(plan.members[0].hooks[0].cpu(), labels)
     assert float(b[0] - b[2]) == pytest.approx(gaps[0], abs=1e-4)
     assert float(b[1] - b[2]) == pytest.approx(gaps[1], abs=1e-4)
 
@@ -187,7 +187,8 @@ def test_both_stages_on_streamed_images(image_lists):
     kind = stage_kind(stage1.kind)
     kind.prepare(ctx, stage1)
     plan = kind.build(ctx, stage1)
-    assert np.bincount(plan.source.loader.dataset.y, minlength=4).tolist() == [12, 8, 0, 0]  # the m = 2 head classes
+    source = plan.members[0].source
+    assert np.bincount(source.loader.dataset.y, minlength=4).tolist() == [12, 8, 0, 0]  # the m = 2 head classes
     results = runner.run_config(cfg)
     assert results["class_counts"] == [12, 8, 4, 3]
     assert results["stage_records"][1]["review_class_counts"] == [4, 4, 4, 3]  # heads at n_{m+1} = 4, tail whole

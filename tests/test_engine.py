@@ -7,7 +7,7 @@ import torch
 
 import longtail.engine.runner as runner
 from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.trainer import StageTrainer
+from longtail.engine.trainer import Trainer
 from longtail.errors import TrainingError
 from longtail.losses.ce import CrossEntropyLoss
 
@@ -37,19 +37,19 @@ def test_run_writes_a_complete_run_folder(tmp_path):
 
 def test_resume_after_an_interruption_gives_the_same_model(tmp_path, monkeypatch):
     whole = runner.run_config(config(tmp_path / "whole"))
-    original = StageTrainer.run_epoch
+    original = Trainer.run_epoch
 
     def crash_in_epoch_three(self, epoch):
         if epoch == 2:
             raise KeyboardInterrupt
         return original(self, epoch)
 
-    monkeypatch.setattr(StageTrainer, "run_epoch", crash_in_epoch_three)
+    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         runner.run_config(config(tmp_path / "split"))
     checkpoint = load_checkpoint(tmp_path / "split" / "ce" / "seed0" / "checkpoint.pt")
     assert checkpoint["epoch"] == 2 and checkpoint["elapsed_seconds"] > 0
-    monkeypatch.setattr(StageTrainer, "run_epoch", original)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
     started = time.perf_counter()
     resumed = runner.run_config(config(tmp_path / "split"))
     this_process = time.perf_counter() - started
@@ -116,13 +116,13 @@ def test_posthoc_and_ncm_stages_need_no_training(tmp_path):
 
 def test_iteration_based_stage_runs_exactly_that_many_steps(tmp_path, monkeypatch):
     steps = []
-    original = StageTrainer._eager_step
+    original = Trainer._eager_step
 
     def counting(self):
         steps.append(1)
         return original(self)
 
-    monkeypatch.setattr(StageTrainer, "_eager_step", counting)
+    monkeypatch.setattr(Trainer, "_eager_step", counting)
     # 90 images, batch 16 -> 6 steps per epoch; 20 iterations -> 4 epochs, the last with 2 steps
     results = runner.run_config(config(tmp_path, "ce", "stages.0.iterations=20", "stages.0.schedule.warmup_epochs=0"))
     assert len(steps) == 20

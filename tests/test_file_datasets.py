@@ -13,7 +13,7 @@ from longtail.config import DataConfig, load_config
 from longtail.data.factory import load_dataset
 from longtail.data.files import FileSplit
 from longtail.engine.stages import stage_kind
-from longtail.engine.trainer import StageTrainer
+from longtail.engine.trainer import Trainer
 from longtail.errors import DataError
 
 TRAIN_COUNTS = [12, 8, 4]
@@ -81,12 +81,12 @@ def test_streamed_stage_runs_eagerly_with_its_reason(tmp_path, image_root):
     )
     stage = run.config.stages[0]
     plan = stage_kind(stage.kind).build(ctx, stage)
-    assert not plan.graph_safe and plan.graph_unsafe_reason == "images are streamed from disk by a DataLoader"
-    trainer = StageTrainer(plan, dataclasses.replace(run.runtime, cuda_graph=True), progress=False)
-    assert trainer.run_epoch(0)["loss"] > 0  # the eager fallback (no capture is attempted)
+    assert not plan.members[0].graph_safe and plan.members[0].graph_unsafe_reason == "images are streamed from disk by a DataLoader"
+    trainer = Trainer(plan, dataclasses.replace(run.runtime, cuda_graph=True), progress=False)
+    assert trainer.run_epoch(0)[0]["loss"] > 0  # the eager fallback (no capture is attempted)
     assert trainer.graph is None and trainer.fallback_reason == "images are streamed from disk by a DataLoader"
-    plan.source.start_epoch(1)
-    x, y = plan.source.next()
+    plan.members[0].source.start_epoch(1)
+    x, y = plan.members[0].source.next()
     assert x.shape == (8, 3, 32, 32) and x.dtype.is_floating_point and y.shape == (8,)
     assert ctx.features("test").shape == (12, 512)
 

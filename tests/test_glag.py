@@ -301,14 +301,14 @@ def test_stage_builds_a_balanced_epoch_source_and_a_graph_safe_loss(tmp_path):
     kind.prepare(ctx, stage)
     assert isinstance(ctx.model.head, LWSHead)
     plan = kind.build(ctx, stage)
-    source = plan.source
+    source = plan.members[0].source
     assert kind.record()["head_classes"] == [0, 1]  # 48 + 24 >= 60% of 90 images
     assert kind.record()["target_count"] == 48 and kind.record()["num_generated"] == 36 + 42
     assert torch.bincount(source.labels).tolist() == [48] * 4
     assert [int(source.afg.is_generated[source.labels == c].sum()) for c in range(4)] == [0, 0, 36, 42]
     assert source.steps_per_epoch == math.ceil(192 / 32)
     buffer = source.inputs
-    plan.hooks[1].on_epoch_start(0, plan.epochs)
+    plan.members[0].hooks[1].on_epoch_start(0, plan.epochs)
     source.start_epoch(0)
     assert source.inputs is buffer and torch.isfinite(buffer).all() and (buffer >= 0).all()
     first = buffer.clone()
@@ -317,9 +317,9 @@ def test_stage_builds_a_balanced_epoch_source_and_a_graph_safe_loss(tmp_path):
     assert torch.equal(first[~gen & (source.labels == 0)], buffer[~gen & (source.labels == 0)])
     assert not torch.equal(first[gen], buffer[gen])  # fresh draws every epoch
     x, y = source.next()
-    loss, logits = plan.compute_loss(x, y)
+    loss, logits = plan.members[0].compute_loss(x, y)
     assert logits.shape == (32, 4) and torch.isfinite(loss)
-    assert [n for n, _ in plan.named_params] == ["scale"]
+    assert [n for n, _ in plan.members[0].named_params] == ["scale"]
     assert kind.record()["beta_history"] == [[0.0, 0.0, 0.6, 0.6]]
     assert "beta_history" not in stage.options  # the config is not written
 
@@ -407,21 +407,21 @@ def test_glag_says_which_classes_the_validation_split_lacks(tmp_path, monkeypatc
 
 
 def test_resume_inside_stage_two_continues_beta_and_training_exactly(tmp_path, fake_data, monkeypatch):
-    from longtail.engine.trainer import StageTrainer
+    from longtail.engine.trainer import Trainer
 
     extra = ("stages.1.epochs=4", "stages.1.batch_size=64", "engine.checkpoint_every=1")
     whole = runner.run_config(config(tmp_path / "whole", "glag", *extra))
-    original = StageTrainer.run_epoch
+    original = Trainer.run_epoch
 
     def crash_in_stage_two(self, epoch):
         if self.plan.name == "afg" and epoch == 2:
             raise KeyboardInterrupt
         return original(self, epoch)
 
-    monkeypatch.setattr(StageTrainer, "run_epoch", crash_in_stage_two)
+    monkeypatch.setattr(Trainer, "run_epoch", crash_in_stage_two)
     with pytest.raises(KeyboardInterrupt):
         runner.run_config(config(tmp_path / "split", "glag", *extra))
-    monkeypatch.setattr(StageTrainer, "run_epoch", original)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
     resumed = runner.run_config(config(tmp_path / "split", "glag", *extra))
     assert resumed["stage_records"][1]["beta_history"] == whole["stage_records"][1]["beta_history"]
     a = torch.load(tmp_path / "whole" / "glag" / "seed0" / "stage1_afg.pt")["model"]["head.scale"]

@@ -61,15 +61,15 @@ def test_bwlm_stage1_trains_on_the_head_classes_with_ce_over_their_logits(tmp_pa
     kind = stage_kind(stage.kind)
     kind.prepare(ctx, stage)
     plan = kind.build(ctx, stage)
-    labels = plan.source.labels
+    labels = plan.members[0].source.labels
     assert torch.bincount(labels, minlength=4).tolist() == [48, 24, 0, 0]  # m = 2 head classes, whole
     assert kind.record()["head_classes_used"] == [0, 1]
     offset = kind.logit_offset(ctx, stage)
     assert offset.tolist() == [0.0, 0.0, EXCLUDED_LOGIT_OFFSET, EXCLUDED_LOGIT_OFFSET]
     ctx.model.eval()
-    plan.source.start_epoch(0)
-    x, y = plan.source.next()
-    loss, logits = plan.compute_loss(x, y)
+    plan.members[0].source.start_epoch(0)
+    x, y = plan.members[0].source.next()
+    loss, logits = plan.members[0].compute_loss(x, y)
     with torch.no_grad():
         raw = ctx.model(x)
     torch.testing.assert_close(loss, F.cross_entropy(raw[:, :2], y))  # CE over the head logits only
@@ -113,14 +113,14 @@ def test_review_set_has_the_stated_counts_and_a_new_head(tmp_path):
     assert not torch.equal(ctx.model.head.fc.weight, stage1_head.fc.weight)
     plan = kind.build(ctx, stage)
     # counts [48, 24, 12, 6]: m = 2 head classes subsampled to n_{m+1} = 12, the tail kept whole
-    assert torch.bincount(plan.source.labels, minlength=4).tolist() == [12, 12, 12, 6]
+    assert torch.bincount(plan.members[0].source.labels, minlength=4).tolist() == [12, 12, 12, 6]
     assert kind.record()["review_class_counts"] == [12, 12, 12, 6] and kind.record()["review_seed_used"] == 0
     index = kind.review_indices(ctx, stage)
     labels = ctx.splits["train"][1]
     assert set(index.tolist()) >= set(torch.nonzero(labels >= 2).squeeze(1).tolist())  # tail whole
-    torch.testing.assert_close(plan.source.inputs, ctx.features("train")[torch.as_tensor(index)])  # cached features
-    torch.testing.assert_close(plan.source.labels, labels[torch.as_tensor(index)])
-    assert plan.frozen_modules == [ctx.model.encoder] and plan.named_params[0][0] == "fc.weight"
+    torch.testing.assert_close(plan.members[0].source.inputs, ctx.features("train")[torch.as_tensor(index)])  # cached features
+    torch.testing.assert_close(plan.members[0].source.labels, labels[torch.as_tensor(index)])
+    assert plan.members[0].frozen_modules == [ctx.model.encoder] and plan.members[0].named_params[0][0] == "fc.weight"
     same = kind.review_indices(ctx, stage)
     stage.options["review_seed"] = 5
     other = kind.review_indices(ctx, stage)
@@ -137,27 +137,27 @@ def test_review_set_counts_on_cifar10_lt_if100():
 def test_review_set_resampled_each_epoch_in_place(tmp_path):
     cfg, ctx, kind, stage = _stage2(tmp_path, "bwlm", "stages.1.options.resample_each_epoch=true")
     plan = kind.build(ctx, stage)
-    assert isinstance(plan.source, ResamplingSource) and plan.source.steps_per_epoch == 3
-    buffer, labels = plan.source.inputs, plan.source.labels.clone()
+    assert isinstance(plan.members[0].source, ResamplingSource) and plan.members[0].source.steps_per_epoch == 3
+    buffer, labels = plan.members[0].source.inputs, plan.members[0].source.labels.clone()
     fixed = buffer.clone()
-    plan.source.start_epoch(0)
+    plan.members[0].source.start_epoch(0)
     assert torch.equal(buffer, fixed), "epoch 0 is the fixed review set"
-    plan.source.start_epoch(1)
-    assert plan.source.inputs.data_ptr() == buffer.data_ptr(), "re-drawn in place (graph-safe)"
-    assert torch.equal(plan.source.labels, labels)
+    plan.members[0].source.start_epoch(1)
+    assert plan.members[0].source.inputs.data_ptr() == buffer.data_ptr(), "re-drawn in place (graph-safe)"
+    assert torch.equal(plan.members[0].source.labels, labels)
     head, tail = labels < 2, labels >= 2
     assert torch.equal(buffer[tail], fixed[tail]) and not torch.equal(buffer[head], fixed[head])
-    x, y = plan.source.next()
+    x, y = plan.members[0].source.next()
     assert x.shape == (16, buffer.shape[1]) and y.shape == (16,)
 
 
 def test_review_loss_counts_option_and_option_errors(tmp_path):
     cfg, ctx, kind, stage = _stage2(tmp_path, "bwlm_bs")
-    loss = kind.build(ctx, stage).hooks[0]  # default: the review set's counts
+    loss = kind.build(ctx, stage).members[0].hooks[0]  # default: the review set's counts
     torch.testing.assert_close(loss.log_counts, torch.log(torch.tensor([12.0, 12.0, 12.0, 6.0])))
     assert ctx.class_counts.tolist() == COUNTS, "evaluation keeps the full counts"
     stage.options["loss_counts"] = "full"
-    loss = kind.build(ctx, stage).hooks[0]
+    loss = kind.build(ctx, stage).members[0].hooks[0]
     torch.testing.assert_close(loss.log_counts, torch.log(torch.tensor(COUNTS, dtype=torch.float32)))
     stage.options["loss_counts"] = "reviw"
     with pytest.raises(ConfigError, match="did you mean 'review'"):
@@ -217,7 +217,7 @@ def test_iwb_end_to_end_binds_the_head_and_freezes_the_encoder(tmp_path):
     for stage in cfg.stages:
         stage_kind(stage.kind).prepare(ctx, stage)
     plan = stage_kind("supervised").build(ctx, cfg.stages[1])
-    loss = plan.hooks[0]
+    loss = plan.members[0].hooks[0]
     assert isinstance(loss, InverseWeightBalancingLoss) and loss.head is ctx.model.head
     assert loss.lam == 0.15 and loss.base.__class__.__name__ == "CBCrossEntropyLoss"
     results = runner.run_config(config(tmp_path / "run", "iwb"))

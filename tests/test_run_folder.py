@@ -16,7 +16,7 @@ import longtail.engine.runner as runner
 from longtail.cli import main
 from longtail.config import config_changes, config_fingerprint, load_config, read_run_config, to_dict
 from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.trainer import StageTrainer
+from longtail.engine.trainer import Trainer
 from longtail.data.dataset import ArraySplit
 from longtail.errors import ConfigError, DataError, TrainingError
 from tests.test_bad_input import snapshot, write_features
@@ -33,15 +33,15 @@ def args(tmp_path: Path, *extra: str) -> list[str]:
 
 def interrupt_at(monkeypatch, epoch: int) -> None:
     """The next training stops with Ctrl-C at the start of 0-based ``epoch``."""
-    original = StageTrainer.run_epoch
+    original = Trainer.run_epoch
 
     def run_epoch(self, e):
         if e == epoch:
-            monkeypatch.setattr(StageTrainer, "run_epoch", original)
+            monkeypatch.setattr(Trainer, "run_epoch", original)
             raise KeyboardInterrupt
         return original(self, e)
 
-    monkeypatch.setattr(StageTrainer, "run_epoch", run_epoch)
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
 
 
 def folder(tmp_path: Path) -> Path:

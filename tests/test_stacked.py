@@ -257,23 +257,23 @@ def test_an_interrupted_stack_resumes_as_single_runs_that_equal_the_runs_alone(t
     """Each member's periodic checkpoint holds its own weights, optimizer state (in the solo run's
     layout), loss state (DRW, Seesaw counts), divergence level and random stream: after a crash in
     epoch 3 every member resumes alone and ends bit for bit where the run alone ends."""
-    import longtail.engine.stacked as stacked_engine
+    from longtail.engine.trainer import Trainer
 
     members = [("ce", 0, []), ("ldam_drw", 1, ["stages.0.loss.start_epoch=2"]), ("seesaw", 2, [])]
     extra = ["stages.0.epochs=3", "engine.checkpoint_every=1"]
     solo = [runner.run_config(config(tmp_path / "solo", m, s, *o, *extra)) for m, s, o in members]
     configs = [config(tmp_path / "stacked", m, s, *o, *extra) for m, s, o in members]
-    real = stacked_engine.StackedTrainer.run_epoch
+    real = Trainer.run_epoch
 
     def crash_in_epoch_three(self, epoch):
         if epoch == 2:
             raise KeyboardInterrupt
         return real(self, epoch)
 
-    monkeypatch.setattr(stacked_engine.StackedTrainer, "run_epoch", crash_in_epoch_three)
+    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         StackedRun(configs).execute()
-    monkeypatch.setattr(stacked_engine.StackedTrainer, "run_epoch", real)
+    monkeypatch.setattr(Trainer, "run_epoch", real)
     for cfg in configs:
         assert torch.load(run_dir(tmp_path / "stacked", cfg) / "checkpoint.pt")["epoch"] == 2
     stack = StackedRun([config(tmp_path / "stacked", m, s, *o, *extra) for m, s, o in members])

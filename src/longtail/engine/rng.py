@@ -6,7 +6,7 @@ members, ``bench reproduce --concurrent``) never share or swap a stream, and a r
 torch's and numpy's global generators as it found them.
 
 - ``torch``: a ``torch.Generator`` on the run's device, for everything drawn on the device; on
-  CUDA it is registered with the step's CUDA graph (``StepLoop._capture``).
+  CUDA it is registered with the step's CUDA graph (``Trainer._capture``).
 - ``cpu``: a CPU ``torch.Generator`` (the same object as ``torch`` on a CPU run), for host-side
   draws (the sampler of streamed images, DataLoader worker seeds) and weight-initialisation seeds.
 - ``numpy``: a ``numpy.random.Generator`` (PCG64) for host-side numpy draws.

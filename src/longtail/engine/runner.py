@@ -31,6 +31,7 @@ rank trains and evaluates and rank 0 alone writes the folder.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -55,13 +56,15 @@ from ..eval.metrics import EvalResult, weight_norms
 from ..eval.plots import plot_per_class_accuracy, plot_weight_norms
 from ..eval.report import format_report, write_json
 from ..models.factory import build_model
+from ..models.stacked import StackedEncoder, stack_refusal as encoder_refusal
 from .checkpoint import atomic_save, load_checkpoint
+from .concurrency import DEVICE_RNG_LOCK
 from .device import Runtime
 from .distributed import parallel_path, sync_batchnorm
 from .evaluate import evaluate_model
 from .rng import RunRNG
 from .stages import RunContext
-from .trainer import StageTrainer
+from .trainer import StagePlan, Trainer
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -204,9 +207,10 @@ class RunFolder:
             self._tensorboard.close()
             self._tensorboard = None
 
-    def save(self, ctx: RunContext, stage_index: int, epoch: int, trainer: StageTrainer | None) -> None:
-        """Write checkpoint.pt: the model, ``trainer.state_dict()`` (None at a stage's end), the run's
-        generators, the stages' states and elapsed seconds, to resume from ``epoch`` of stage ``stage_index``."""
+    def save(self, ctx: RunContext, stage_index: int, epoch: int, trainer: dict[str, Any] | None) -> None:
+        """Write checkpoint.pt: the model, the run's ``trainer`` state (:meth:`Trainer.state_dict`; None at
+        a stage's end), its generators, the stages' states and elapsed seconds, to resume from ``epoch``
+        of stage ``stage_index``."""
         if not self.writes:
             return
         atomic_save(
@@ -214,7 +218,7 @@ class RunFolder:
                 "stage": stage_index,
                 "epoch": epoch,
                 "model": ctx.model.state_dict(),
-                "trainer": trainer.state_dict() if trainer is not None else None,
+                "trainer": trainer,
                 "generators": ctx.rng.state_dict(),
                 "stage_states": ctx.stage_states(),
                 "elapsed_seconds": self.clock(),
@@ -313,85 +317,7 @@ class Run:
         if finished is not None:
             return finished
         started = time.perf_counter()
-        config = self.config
-        resume = self.folder.resume_state()
-        ctx = self.build()
-        kinds = ctx.kinds
-        for kind, stage in zip(kinds, config.stages):
-            kind.check(ctx, stage)  # fail before stage 1 trains, not after
-        self.folder.open(resume)  # only now, with everything built and checked
-        # training time is kept across resumes: the checkpoint carries the time spent up to it
-        self.start_clock(started, resume.get("elapsed_seconds", 0.0) if resume else 0.0)
-        timings: list[dict[str, Any]] = []
-        best_val: tuple[float, dict[str, torch.Tensor]] | None = None
-        last_training_stage = max((i for i, k in enumerate(kinds) if k.trains), default=-1)
-        for index, (stage, kind) in enumerate(zip(config.stages, kinds)):
-            with ctx.rng.initialising():  # a new head's weights
-                kind.prepare(ctx, stage)
-            if resume is not None and index < resume["stage"]:
-                continue  # finished before the interruption; its weights come with the checkpoint
-            start_epoch = 0
-            if resume is not None and index == resume["stage"]:
-                load_weights(ctx.model, resume["model"], self.run_dir / "checkpoint.pt")
-                ctx.load_stage_states(saved_stage_states(resume, config))
-                load_generators(ctx.rng, resume)
-                start_epoch = resume["epoch"]
-            if stage.init_from:
-                self.init_from(ctx, stage.init_from)
-                timings.append({"stage": stage.name, "seconds": 0.0, "init_from": stage.init_from})
-                self.folder.finish_stage(ctx, index, stage)
-                continue
-            stage_start = time.perf_counter()
-            finished = start_epoch >= stage.epochs and not stage.iterations and kind.trains
-            plan = None if finished else kind.build(ctx, stage)
-            epochs = plan.epochs if plan is not None else stage.epochs
-            trainer = None
-            if plan is not None:
-                trainer = StageTrainer(plan, self.runtime, progress=config.engine.progress,
-                                       divergence_factor=config.engine.divergence_factor, stage_index=index,
-                                       generators=ctx.rng.graph_generators())
-                if resume is not None and index == resume["stage"] and resume["trainer"] is not None:
-                    trainer.load_state_dict(resume["trainer"])
-
-                def on_epoch_end(epoch: int, metrics: dict[str, float], _trainer=trainer, _index=index) -> None:
-                    nonlocal best_val
-                    record = {"stage": stage.name, **metrics}
-                    if config.eval.every and (epoch + 1) % config.eval.every == 0:
-                        record["test_top1"] = self.evaluate(ctx, "test").top1
-                    if config.eval.select == "best_val" and _index == last_training_stage:
-                        val_top1 = self.evaluate(ctx, "val").top1
-                        record["val_top1"] = val_top1
-                        if best_val is None or val_top1 > best_val[0]:
-                            best_val = (val_top1, copy.deepcopy(ctx.model.state_dict()))
-                    self.folder.log(record)
-                    every = config.engine.checkpoint_every
-                    if every and (epoch + 1) % every == 0 and epoch + 1 < _trainer.plan.epochs:
-                        self.folder.save(ctx, _index, epoch + 1, _trainer)
-
-                try:
-                    trainer.fit(start_epoch, on_epoch_end)
-                except TrainingError as exc:  # the inputs are checked before the learning rate is blamed
-                    raise non_finite_inputs(ctx) or TrainingError(f"{exc} {self.folder.saved_work()}") from None
-            timings.append(
-                {
-                    "stage": stage.name,
-                    "seconds": time.perf_counter() - stage_start,
-                    "compile_seconds": trainer.compile_seconds if trainer else 0.0,
-                    "cuda_graph": bool(trainer and trainer.graph is not None),
-                    "fallback_reason": trainer.fallback_reason if trainer else "",
-                    "steps_per_epoch": plan.source.steps_per_epoch if plan else 0,
-                    "batch_size": plan.source.batch_size if plan else 0,
-                }
-            )
-            self.folder.save(ctx, index, epochs, None)
-            self.folder.finish_stage(ctx, index, stage)
-        if best_val is not None:
-            ctx.model.load_state_dict(best_val[1])
-        results = self.results(ctx, timings, self.elapsed_seconds())
-        if resume is not None:
-            results["resumed_from"] = {"stage": resume["stage"], "epoch": resume["epoch"]}
-        self.folder.write_results(results)
-        return results
+        return StageLoop([self], self.folder.resume_state()).execute(started)[0]
 
     def start_clock(self, started: float, before: float = 0.0) -> None:
         """Count the run's time from ``started`` (``time.perf_counter()``), after ``before`` seconds spent earlier."""
@@ -444,6 +370,164 @@ class Run:
         if self.runtime.device.type == "cuda":
             out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**20
         return out
+
+
+class StageLoop:
+    """The stages of ``runs``, trained and written to their folders as each run alone would.
+
+    One run (K = 1) is the ordinary run, resuming from ``resume`` (its checkpoint) if given; K > 1
+    fresh runs train as a stack (:mod:`longtail.engine.stacked`): one :class:`Trainer` per training
+    stage over the members' plans, a whole-network stage on one :class:`StackedEncoder`. Every run is
+    built and checked before any folder opens; each is evaluated, logged and checkpointed as alone."""
+
+    def __init__(self, runs: list[Run], resume: dict[str, Any] | None = None):
+        self.runs, self.resume = runs, resume
+        self.names = [f"{run.config.name}/seed{run.config.seed}" for run in runs]
+        self.timings: list[list[dict[str, Any]]] = [[] for _ in runs]
+        self.best_val: list[tuple[float, dict[str, torch.Tensor]] | None] = [None] * len(runs)
+
+    def execute(self, started: float) -> list[dict[str, Any]]:
+        """Train every stage; the runs' results dicts, in order (``started``: ``time.perf_counter()``)."""
+        runs, resume = self.runs, self.resume
+        self.ctxs = [run.build() for run in runs]  # each with its own generators and model, as alone
+        if len(runs) > 1:
+            for ctx in self.ctxs:
+                reason = encoder_refusal(ctx.model.encoder)
+                if reason:
+                    raise ConfigError(f"run {ctx.config.name!r} cannot be stacked: {reason}")
+        for ctx in self.ctxs:
+            for kind, stage in zip(ctx.kinds, ctx.config.stages):
+                kind.check(ctx, stage)  # fail before stage 1 trains, not after
+        for run in runs:
+            run.folder.open(resume)  # only now, with everything built and checked
+            # training time is kept across resumes: the checkpoint carries the time spent up to it
+            run.start_clock(started, resume.get("elapsed_seconds", 0.0) if resume else 0.0)
+        self.last_training = [max((i for i, k in enumerate(ctx.kinds) if k.trains), default=-1) for ctx in self.ctxs]
+        for index in range(len(runs[0].config.stages)):
+            self._stage(index)
+        out = []
+        for k, (run, ctx) in enumerate(zip(runs, self.ctxs)):
+            if self.best_val[k] is not None:
+                ctx.model.load_state_dict(self.best_val[k][1])
+            results = run.results(ctx, self.timings[k], run.elapsed_seconds())
+            if resume is not None:
+                results["resumed_from"] = {"stage": resume["stage"], "epoch": resume["epoch"]}
+            results.update(self._stacked(k))
+            run.folder.write_results(results)
+            out.append(results)
+        return out
+
+    def _stacked(self, k: int) -> dict[str, Any]:
+        """What member ``k``'s results and timings record of its stack (nothing for one run)."""
+        if len(self.runs) == 1:
+            return {}
+        return {"stacked": {"members": len(self.runs), "member": k, "runs": self.names}}
+
+    def _stage(self, index: int) -> None:
+        runs, ctxs, resume = self.runs, self.ctxs, self.resume
+        stages = [run.config.stages[index] for run in runs]
+        kinds = [ctx.kinds[index] for ctx in ctxs]
+        for ctx, kind, stage in zip(ctxs, kinds, stages):
+            with ctx.rng.initialising():  # a new head's weights
+                kind.prepare(ctx, stage)
+        start_epoch = 0
+        if resume is not None and index < resume["stage"]:
+            return  # finished before the interruption; its weights come with the checkpoint
+        if resume is not None and index == resume["stage"]:
+            ctx = ctxs[0]
+            load_weights(ctx.model, resume["model"], runs[0].run_dir / "checkpoint.pt")
+            ctx.load_stage_states(saved_stage_states(resume, runs[0].config))
+            load_generators(ctx.rng, resume)
+            start_epoch = resume["epoch"]
+        if stages[0].init_from:
+            for run, ctx, stage, timing in zip(runs, ctxs, stages, self.timings):
+                run.init_from(ctx, stage.init_from)
+                timing.append({"stage": stage.name, "seconds": 0.0, "init_from": stage.init_from})
+                run.folder.finish_stage(ctx, index, stage)
+        elif not kinds[0].trains or (start_epoch >= stages[0].epochs and not stages[0].iterations):
+            for run, ctx, kind, stage, timing in zip(runs, ctxs, kinds, stages, self.timings):  # post-hoc, or done
+                start = time.perf_counter()
+                if not kind.trains:
+                    kind.build(ctx, stage)
+                timing.append({"stage": stage.name, "seconds": time.perf_counter() - start, "compile_seconds": 0.0,
+                               "cuda_graph": False, "fallback_reason": "", "steps_per_epoch": 0, "batch_size": 0})
+                run.folder.save(ctx, index, stage.epochs, None)  # post-hoc: its epochs are not used
+                run.folder.finish_stage(ctx, index, stage)
+        else:
+            self._train(index, start_epoch)
+
+    def _train(self, index: int, start_epoch: int) -> None:
+        runs, ctxs, resume = self.runs, self.ctxs, self.resume
+        stage_start = time.perf_counter()
+        plan = _stage_plan(ctxs, index, self.names)
+        config = runs[0].config
+        trainer = Trainer(plan, runs[0].runtime, progress=config.engine.progress,
+                          divergence_factor=config.engine.divergence_factor, stage_index=index)
+        if resume is not None and index == resume["stage"] and resume["trainer"] is not None:
+            trainer.load_state_dict(resume["trainer"])
+        try:
+            trainer.fit(start_epoch, lambda epoch, metrics: self._on_epoch_end(trainer, index, epoch, metrics))
+        except TrainingError as exc:  # the inputs are checked before the learning rate is blamed
+            saved = " ".join(run.folder.saved_work() for run in runs)
+            raise non_finite_inputs(ctxs[0]) or TrainingError(f"{exc} {saved}") from None
+        self._sync(plan)
+        seconds = time.perf_counter() - stage_start
+        for k, (run, ctx) in enumerate(zip(runs, ctxs)):
+            stage = run.config.stages[index]
+            self.timings[k].append({
+                "stage": stage.name, "seconds": seconds, "compile_seconds": trainer.compile_seconds,
+                "cuda_graph": trainer.graph is not None, "fallback_reason": trainer.fallback_reason,
+                "steps_per_epoch": trainer.steps, "batch_size": plan.members[k].source.batch_size, **self._stacked(k),
+            })
+            run.folder.save(ctx, index, plan.epochs, None)
+            run.folder.finish_stage(ctx, index, stage)
+
+    def _sync(self, plan: StagePlan) -> None:
+        """The members' encoders from the stack's (before evaluation and checkpoints)."""
+        if plan.encoder is not None:
+            for k, ctx in enumerate(self.ctxs):
+                plan.encoder.load_member(k, ctx.model.encoder)
+
+    def _on_epoch_end(self, trainer: Trainer, index: int, epoch: int, metrics: list[dict[str, float]]) -> None:
+        """Each run's epoch: test and validation evaluation, best_val selection, log, periodic checkpoint."""
+        synced = False
+        for k, (run, ctx) in enumerate(zip(self.runs, self.ctxs)):
+            config = run.config
+            record = {"stage": config.stages[index].name, **metrics[k]}
+            wants_test = config.eval.every and (epoch + 1) % config.eval.every == 0
+            wants_val = config.eval.select == "best_val" and index == self.last_training[k]
+            every = config.engine.checkpoint_every
+            saves = every and (epoch + 1) % every == 0 and epoch + 1 < trainer.plan.epochs
+            if (wants_test or wants_val or saves) and not synced:
+                self._sync(trainer.plan)
+                synced = True
+            if wants_test:
+                record["test_top1"] = run.evaluate(ctx, "test").top1
+            if wants_val:
+                val_top1 = run.evaluate(ctx, "val").top1
+                record["val_top1"] = val_top1
+                if self.best_val[k] is None or val_top1 > self.best_val[k][0]:
+                    self.best_val[k] = (val_top1, copy.deepcopy(ctx.model.state_dict()))
+            run.folder.log(record)
+            if saves:
+                run.folder.save(ctx, index, epoch + 1, trainer.state_dict(k))
+
+
+def _stage_plan(ctxs: list[RunContext], index: int, names: list[str]) -> StagePlan:
+    """Stage ``index``'s plan: the run's own, or the stack's (each member's plan as its run alone
+    builds it, on one :class:`StackedEncoder` for a whole-network stage)."""
+    plans = [ctx.kinds[index].build(ctx, ctx.config.stages[index]) for ctx in ctxs]
+    if len(plans) == 1:
+        return plans[0]
+    members = [plan.members[0] for plan in plans]
+    for member, name in zip(members, names):
+        member.name = name
+    encoder = None
+    if ctxs[0].config.stages[index].train != "head":
+        # its own initialisation (overwritten by the members' weights) leaves the global RNG as it was
+        with DEVICE_RNG_LOCK, torch.random.fork_rng(devices=[]):
+            encoder = StackedEncoder([ctx.model.encoder for ctx in ctxs])
+    return dataclasses.replace(plans[0], members=members, encoder=encoder)
 
 
 def _require_tensorboard() -> None:

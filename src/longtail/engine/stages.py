@@ -45,7 +45,7 @@ from .file_source import LoaderSource, eval_batches
 from .maxnorm import MaxNorm
 from .rng import RunRNG
 from .sources import DeviceSource, epochs_for_iterations, steps_per_epoch
-from .trainer import StagePlan
+from .trainer import Member, StagePlan
 
 STAGE_KINDS = Registry("stage kind")
 
@@ -256,6 +256,7 @@ def max_norm_cap(state: dict[str, Any], weight: torch.Tensor, spec: dict[str, An
 
 
 def make_plan(
+    ctx: RunContext,
     stage: StageConfig,
     source,
     compute_loss,
@@ -266,8 +267,9 @@ def make_plan(
     post_step: list[Callable[[], None]] | None = None,
     epochs: int | None = None,
 ) -> StagePlan:
-    """The :class:`StagePlan` that trains ``trained``'s parameters (``frozen`` stays in eval mode)
-    for ``epochs`` (default ``stage.epochs``; :func:`stage_epochs` for iteration-based stages).
+    """The :class:`StagePlan` of the run's one :class:`Member`, which trains ``trained``'s
+    parameters (``frozen`` stays in eval mode) for ``epochs`` (default ``stage.epochs``;
+    :func:`stage_epochs` for iteration-based stages), drawing from ``ctx.rng``.
 
     ``hooks`` default to ``[loss_fn]``; a loss may declare ``graph_safe = False`` to run eagerly, a
     source a ``graph_unsafe_reason`` (e.g. a :class:`LoaderSource`).
@@ -276,20 +278,24 @@ def make_plan(
     if not named:
         raise ConfigError(f"stage {stage.name!r} has no trainable parameters ({type(trained).__name__})")
     source_reason = getattr(source, "graph_unsafe_reason", None)
-    return StagePlan(
-        name=stage.name,
-        epochs=epochs if epochs is not None else stage.epochs,
+    member = Member(
         source=source,
         named_params=named,
         compute_loss=compute_loss,
         train_modules=[trained],
         frozen_modules=[frozen] if frozen is not None else [],
-        optimizer=stage.optimizer,
-        schedule=stage.schedule,
         hooks=hooks if hooks is not None else [loss_fn],
         post_step=post_step or [],
+        generators=ctx.rng.graph_generators(),
         graph_safe=source_reason is None and getattr(loss_fn, "graph_safe", True),
         graph_unsafe_reason=source_reason or f"loss {stage.loss['name']!r} is not CUDA-graph safe",
+    )
+    return StagePlan(
+        name=stage.name,
+        epochs=epochs if epochs is not None else stage.epochs,
+        members=[member],
+        optimizer=stage.optimizer,
+        schedule=stage.schedule,
         max_steps=stage.iterations,
     )
 
@@ -365,26 +371,28 @@ class SupervisedStage(StageKind):
         encoder = model.encoder
         trained_encoder = encoder if head_only else runtime.compiled(encoder)
 
-        def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def encode(x: torch.Tensor) -> torch.Tensor:
             if cached:
-                feats = x
-            elif head_only:
+                return x
+            if head_only:
                 with torch.no_grad():
-                    feats = encoder(x)
-            else:
-                feats = trained_encoder(x)
-            logits = model.head(feats)
-            return (logits if offset is None else logits + offset), feats
+                    return encoder(x)
+            return trained_encoder(x)
 
-        def compute_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            if mixer is not None:
-                batch = mixer(x, y)
-                logits, _ = forward(batch.x)
+        def head_loss(feats: torch.Tensor, y: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+            """The loss and logits of the head on ``feats`` (of the mixed ``batch``, None: no mixing)."""
+            logits = model.head(feats)
+            if offset is not None:
+                logits = logits + offset
+            if batch is not None:
                 return mixed_loss(loss_fn, logits, batch), logits
-            logits, feats = forward(x)
             if getattr(loss_fn, "uses_features", False):
                 return loss_fn(logits, y, features=feats), logits
             return loss_fn(logits, y), logits
+
+        def compute_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = mixer(x, y) if mixer is not None else None
+            return head_loss(encode(x if batch is None else batch.x), y, batch)
 
         post_step = []
         if stage.max_norm is not None:
@@ -394,6 +402,7 @@ class SupervisedStage(StageKind):
         # shift_bn (MiSLAS's "shift learning on BN"): the frozen encoder runs in train mode, so its
         # BatchNorm running statistics follow the stage's (e.g. class-balanced) batches; no gradients.
         plan = make_plan(
+            ctx,
             stage,
             source,
             compute_loss,
@@ -403,8 +412,10 @@ class SupervisedStage(StageKind):
             post_step=post_step,
             epochs=epochs,
         )
+        member = plan.members[0]
+        member.mixer, member.head_loss = mixer, head_loss  # what a stack runs around its shared encoder
         if stage.shift_bn:
-            plan.train_modules.append(encoder)
+            member.train_modules.append(encoder)
         plan.compiled = trained_encoder is not encoder
         return plan
 

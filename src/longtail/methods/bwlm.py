@@ -215,7 +215,8 @@ class BWLMReviewStage(SupervisedStage):
             def draw(epoch: int) -> torch.Tensor:
                 return torch.as_tensor(self.review_indices(ctx, stage, epoch), device=device)
 
-            plan.source = ResamplingSource(plan.source, full, draw)
+            member = plan.members[0]
+            member.source = ResamplingSource(member.source, full, draw)
         return plan
 
 

@@ -623,4 +623,5 @@ class GLAGAFGStage(StageKind):
             logits = head(x)
             return loss(logits, y, x), logits
 
-        return make_plan(stage, source, compute_loss, trained=head, frozen=model.encoder, loss_fn=ce, hooks=[ce, adapter])
+        return make_plan(ctx, stage, source, compute_loss, trained=head, frozen=model.encoder, loss_fn=ce,
+                         hooks=[ce, adapter])

@@ -106,7 +106,7 @@ import torch
 from ..config import StageConfig
 from ..engine.stages import STAGE_KINDS, RunContext, StageKind, build_stage_loss, make_head, make_plan
 from ..engine.sources import epochs_for_iterations
-from ..engine.trainer import StagePlan, StageTrainer
+from ..engine.trainer import StagePlan, Trainer
 from ..errors import ConfigError
 from ..features.calibration import (
     class_sampling_probabilities,
@@ -478,8 +478,7 @@ class LADCStage(StageKind):
             head.load_state_dict(initial)
             ctx.rng.load_state_dict(rng)
             plan, _ = self._plan(ctx, stage, dataclasses.replace(opts, beta=beta))
-            StageTrainer(plan, ctx.runtime, progress=False, divergence_factor=ctx.config.engine.divergence_factor,
-                         generators=ctx.rng.graph_generators()).fit()
+            Trainer(plan, ctx.runtime, progress=False, divergence_factor=ctx.config.engine.divergence_factor).fit()
             scores[beta] = float(per_class_accuracy(head, feats, labels, ctx.dataset.num_classes)[present].mean())
         head.load_state_dict(initial)
         ctx.rng.load_state_dict(rng)
@@ -506,5 +505,6 @@ class LADCStage(StageKind):
             loss = loss_fn(logits, y, features=x) if uses_features else loss_fn(logits, y)
             return loss, logits
 
-        plan = make_plan(stage, source, compute_loss, trained=head, frozen=model.encoder, loss_fn=loss_fn, epochs=epochs)
+        plan = make_plan(ctx, stage, source, compute_loss, trained=head, frozen=model.encoder, loss_fn=loss_fn,
+                         epochs=epochs)
         return plan, sampler
