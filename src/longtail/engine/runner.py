@@ -247,7 +247,7 @@ class RunFolder:
 class Run:
     """One run of a config; ``execute()`` trains every stage and returns the results dict.
 
-    Its public members are what another stage loop (the stacked trainer, ``longtail eval``) needs:
+    Its public members are what :class:`StageLoop` (also for a stack) and ``longtail eval`` need:
     :meth:`build` (data and model, writing nothing), :meth:`evaluate`, :meth:`init_from`,
     :meth:`start_clock` / :meth:`elapsed_seconds`, :meth:`results`, and ``folder`` (a
     :class:`RunFolder`: every write into the run folder)."""

@@ -11,7 +11,9 @@ member's batch, runs the stacked encoder once on the batches side by side along 
 each member's head and loss on its own features, and steps on the sum of the members' losses (so
 each member gets its own gradient); on CUDA that whole step is captured in one CUDA graph.
 Stage 2 on cached features stacks the same way: each member's head on its own cached features,
-all of them in one step.
+all of them in one step. The training is the ordinary run's code (:class:`~longtail.engine.runner.
+StageLoop` with K runs, one :class:`~longtail.engine.trainer.Trainer` of K members); this module
+decides which runs stack.
 
 Each member is an ordinary :class:`~longtail.engine.runner.Run` (its own config, run folder,
 ``metrics.jsonl``, stage weights, ``results.json``, plots, evaluation code): its encoder is set

@@ -1,4 +1,5 @@
-"""The training loop of one stage, written once for the CPU and the CUDA fast path.
+"""The training loop of one stage, written once for the CPU and the CUDA fast path, for one run
+or a stack of K runs (:class:`StagePlan`'s members).
 
 One training step = gather a batch on the device, augment it, forward under bf16 autocast,
 backward, set the learning rate from a device-side table, fused SGD step, post-step
