@@ -75,3 +75,19 @@ def register_loss(monkeypatch):
     is restored afterwards, so no test leaves a loss behind for the others)."""
     monkeypatch.setattr(LOSSES, "_items", dict(LOSSES._items))
     return lambda name, cls: LOSSES.register(name)(cls)
+
+
+def interrupt_at(monkeypatch, epoch: int, stage: str | None = None) -> None:
+    """The next training stops with Ctrl-C (as a kill would) at the start of 0-based ``epoch`` of
+    the stage named ``stage`` (any stage when None); training is as before once it has stopped."""
+    from longtail.engine.trainer import Trainer
+
+    original = Trainer.run_epoch
+
+    def run_epoch(self, e):
+        if e == epoch and stage in (None, self.plan.name):
+            monkeypatch.setattr(Trainer, "run_epoch", original)
+            raise KeyboardInterrupt
+        return original(self, e)
+
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)

@@ -20,7 +20,7 @@ import torch
 
 from longtail.cli import main
 from longtail.engine.checkpoint import atomic_save, load_checkpoint
-from longtail.engine.trainer import Trainer
+from tests.conftest import interrupt_at
 from longtail.errors import LongTailError
 
 COUNTS = [20, 10, 5, 3]
@@ -53,15 +53,8 @@ def ws(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("bad_input")
     features = write_features(ws / "f.npz")
     assert main(["train", *base_args(ws)]) == 0
-    original = Trainer.run_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Trainer, "run_epoch", interrupted)
+        interrupt_at(patch, 2)
         assert main(["train", *base_args(ws), "name=cut"]) == 130
     assert load_checkpoint(ws / "runs" / "cut" / "seed0" / "checkpoint.pt")["epoch"] == 2
 

@@ -11,7 +11,7 @@ from longtail.engine.trainer import Trainer
 from longtail.errors import TrainingError
 from longtail.losses.ce import CrossEntropyLoss
 
-from .conftest import config, tiny_dataset
+from .conftest import config, interrupt_at, tiny_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -37,19 +37,11 @@ def test_run_writes_a_complete_run_folder(tmp_path):
 
 def test_resume_after_an_interruption_gives_the_same_model(tmp_path, monkeypatch):
     whole = runner.run_config(config(tmp_path / "whole"))
-    original = Trainer.run_epoch
-
-    def crash_in_epoch_three(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_three)
+    interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         runner.run_config(config(tmp_path / "split"))
     checkpoint = load_checkpoint(tmp_path / "split" / "ce" / "seed0" / "checkpoint.pt")
     assert checkpoint["epoch"] == 2 and checkpoint["elapsed_seconds"] > 0
-    monkeypatch.setattr(Trainer, "run_epoch", original)
     started = time.perf_counter()
     resumed = runner.run_config(config(tmp_path / "split"))
     this_process = time.perf_counter() - started

@@ -26,6 +26,7 @@ from longtail.features.statistics import inverse_tukey
 from longtail.models.factory import build_model
 from longtail.models.heads import LinearHead, LWSHead
 from tests.conftest import config as shared_config
+from tests.conftest import interrupt_at
 from tests.conftest import tiny_dataset as shared_tiny_dataset
 
 D64 = torch.float64
@@ -407,21 +408,11 @@ def test_glag_says_which_classes_the_validation_split_lacks(tmp_path, monkeypatc
 
 
 def test_resume_inside_stage_two_continues_beta_and_training_exactly(tmp_path, fake_data, monkeypatch):
-    from longtail.engine.trainer import Trainer
-
     extra = ("stages.1.epochs=4", "stages.1.batch_size=64", "engine.checkpoint_every=1")
     whole = runner.run_config(config(tmp_path / "whole", "glag", *extra))
-    original = Trainer.run_epoch
-
-    def crash_in_stage_two(self, epoch):
-        if self.plan.name == "afg" and epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_in_stage_two)
+    interrupt_at(monkeypatch, 2, stage="afg")
     with pytest.raises(KeyboardInterrupt):
         runner.run_config(config(tmp_path / "split", "glag", *extra))
-    monkeypatch.setattr(Trainer, "run_epoch", original)
     resumed = runner.run_config(config(tmp_path / "split", "glag", *extra))
     assert resumed["stage_records"][1]["beta_history"] == whole["stage_records"][1]["beta_history"]
     a = torch.load(tmp_path / "whole" / "glag" / "seed0" / "stage1_afg.pt")["model"]["head.scale"]

@@ -13,9 +13,8 @@ import longtail.engine.runner as runner
 from longtail.engine.checkpoint import atomic_save, load_checkpoint
 from longtail.engine.rng import RunRNG
 from longtail.engine.stacked import StackedRun
-from longtail.engine.trainer import Trainer
 
-from .conftest import config, tiny_dataset
+from .conftest import config, interrupt_at, tiny_dataset
 
 # crop + flip, mixup and the equalization loss (with a tail class at this threshold) all draw
 DRAWING = ("stages.0.augment=crop_flip", "stages.0.mixing={name: mixup}",
@@ -88,17 +87,9 @@ def test_a_checkpoint_of_the_code_before_run_generators_resumes_exactly_within_i
     """The old code kept the global states (``rng``; numpy's as a tuple with an array): the run's
     device stream continues the global one, so on the CPU the rest of the stage is as uninterrupted."""
     whole = runner.run_config(config(tmp_path / "whole", "ce", *DRAWING))
-    original = Trainer.run_epoch
-
-    def crash_in_epoch_three(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_three)
+    interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         runner.run_config(config(tmp_path / "split", "ce", *DRAWING))
-    monkeypatch.setattr(Trainer, "run_epoch", original)
     path = tmp_path / "split" / "ce" / "seed0" / "checkpoint.pt"
     checkpoint = load_checkpoint(path)
     generators = checkpoint.pop("generators")

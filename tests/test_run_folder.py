@@ -16,7 +16,7 @@ import longtail.engine.runner as runner
 from longtail.cli import main
 from longtail.config import config_changes, config_fingerprint, load_config, read_run_config, to_dict
 from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.trainer import Trainer
+from tests.conftest import interrupt_at
 from longtail.data.dataset import ArraySplit
 from longtail.errors import ConfigError, DataError, TrainingError
 from tests.test_bad_input import snapshot, write_features
@@ -29,19 +29,6 @@ def args(tmp_path: Path, *extra: str) -> list[str]:
         write_features(features)
     return ["train", "data.dataset=features", f"data.train_file={features}", f"output_dir={tmp_path / 'runs'}",
             "name=r", "stages.0.epochs=4", "stages.0.batch_size=8", "engine.checkpoint_every=2", *extra]
-
-
-def interrupt_at(monkeypatch, epoch: int) -> None:
-    """The next training stops with Ctrl-C at the start of 0-based ``epoch``."""
-    original = Trainer.run_epoch
-
-    def run_epoch(self, e):
-        if e == epoch:
-            monkeypatch.setattr(Trainer, "run_epoch", original)
-            raise KeyboardInterrupt
-        return original(self, e)
-
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
 
 
 def folder(tmp_path: Path) -> Path:

@@ -29,7 +29,7 @@ from longtail.models.factory import ENCODERS
 from longtail.errors import ConfigError
 from longtail.models.stacked import StackedEncoder, stack_encoders
 
-from .conftest import tiny_dataset
+from .conftest import interrupt_at, tiny_dataset
 
 ATOL = RTOL = 1e-4
 
@@ -257,23 +257,14 @@ def test_an_interrupted_stack_resumes_as_single_runs_that_equal_the_runs_alone(t
     """Each member's periodic checkpoint holds its own weights, optimizer state (in the solo run's
     layout), loss state (DRW, Seesaw counts), divergence level and random stream: after a crash in
     epoch 3 every member resumes alone and ends bit for bit where the run alone ends."""
-    from longtail.engine.trainer import Trainer
 
     members = [("ce", 0, []), ("ldam_drw", 1, ["stages.0.loss.start_epoch=2"]), ("seesaw", 2, [])]
     extra = ["stages.0.epochs=3", "engine.checkpoint_every=1"]
     solo = [runner.run_config(config(tmp_path / "solo", m, s, *o, *extra)) for m, s, o in members]
     configs = [config(tmp_path / "stacked", m, s, *o, *extra) for m, s, o in members]
-    real = Trainer.run_epoch
-
-    def crash_in_epoch_three(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_three)
+    interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         StackedRun(configs).execute()
-    monkeypatch.setattr(Trainer, "run_epoch", real)
     for cfg in configs:
         assert torch.load(run_dir(tmp_path / "stacked", cfg) / "checkpoint.pt")["epoch"] == 2
     stack = StackedRun([config(tmp_path / "stacked", m, s, *o, *extra) for m, s, o in members])

@@ -10,9 +10,8 @@ import yaml
 from longtail.config import thaw, to_dict
 from longtail.engine import runner
 from longtail.engine.runner import Run, saved_stage_states
-from longtail.engine.trainer import Trainer
 
-from .conftest import config, tiny_dataset
+from .conftest import config, interrupt_at, tiny_dataset
 
 
 def tau_norm_config(tmp_path):
@@ -59,17 +58,9 @@ def test_max_norm_thresholds_survive_a_resume_inside_the_stage(tmp_path, monkeyp
     extra = ("stages.0.epochs=2", "stages.1.epochs=4", "stages.1.batch_size=16", "stages.1.schedule.milestones=[]",
              "engine.checkpoint_every=1")
     whole = runner.run_config(config(tmp_path / "whole", "wd_maxnorm_cb", *extra))
-    original = Trainer.run_epoch
-
-    def crash_in_stage_two(self, epoch):
-        if self.plan.name == "maxnorm_cb" and epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_in_stage_two)
+    interrupt_at(monkeypatch, 2, stage="maxnorm_cb")
     with pytest.raises(KeyboardInterrupt):
         runner.run_config(config(tmp_path / "split", "wd_maxnorm_cb", *extra))
-    monkeypatch.setattr(Trainer, "run_epoch", original)
     resumed = runner.run_config(config(tmp_path / "split", "wd_maxnorm_cb", *extra))
     assert resumed["resumed_from"] == {"stage": 1, "epoch": 2}
     thresholds = whole["stage_records"][1]["max_norm_threshold"]
