@@ -51,6 +51,24 @@ def test_a_part_without_the_provider_reuses_its_run_instead_of_a_copy(spec_file)
     assert jobs[1].shared_stage1 is jobs[0]
 
 
+def test_parts_of_two_methods_sharing_a_stage1_copy_reuse_the_one_trained_first(spec_file, monkeypatch):
+    """Without a single-stage provider in the spec, the stage1_<key> copy is planned from the
+    method of the part; a later part of another method with the same stage 1 finds that run and
+    reuses it (the recipe a config started from is not a result setting)."""
+    spec = yaml.safe_load(spec_file.read_text())
+    del spec["methods"]["ce"]
+    spec["seeds"] = [0]
+    spec_file.write_text(yaml.safe_dump(spec))
+    assert reproduce.main([str(spec_file), "--methods", "crt", "--runs", "runs", "--results", "a"]) == 0
+    trained = []
+    original = runner.Run.execute
+    monkeypatch.setattr(runner.Run, "execute", lambda self: trained.append(self.config.name) or original(self))
+    assert reproduce.main([str(spec_file), "--methods", "lws", "--runs", "runs", "--results", "b"]) == 0
+    assert trained[0].startswith("stage1_") and trained[1] == "lws"
+    stage1 = [p for p in (spec_file.parent / "runs" / "tiny" / "if100").iterdir() if p.name.startswith("stage1_")]
+    assert len(stage1) == 1 and json.loads((stage1[0] / "seed0" / "results.json").read_text())["name"] == stage1[0].name
+
+
 def test_runs_on_one_prepared_file_share_stage1_whatever_their_other_data_fields():
     """With data.prepared the file is the dataset: a recipe's own data fields (e.g. tau_norm_val's
     val_per_class) cannot change stage 1, so it is shared; without a file they can, so it is not."""

@@ -163,7 +163,7 @@ def _umask() -> int:
 def test_the_fingerprint_ignores_only_settings_that_cannot_change_results(tmp_path):
     base = load_config(mapping={"method": "ldam_drw"}, overrides=["epoch_scale=0.5"])
     same = load_config(mapping={"method": "ldam_drw"}, overrides=[
-        "epoch_scale=0.5", "name=x", "output_dir=elsewhere", "data.cache_dir=c", "engine.progress=false",
+        "epoch_scale=0.5", "name=x", "method=another_recipe", "output_dir=elsewhere", "data.cache_dir=c", "engine.progress=false",
         "engine.tensorboard=true", "engine.cpu_threads=3", "engine.checkpoint_every=7"])
     assert config_fingerprint(same) == config_fingerprint(base) and config_changes(base, same) == []
     for override in ("seed=1", "stages.0.loss.max_m=0.4", "engine.amp=off", "eval.select=last", "data.root=/d"):

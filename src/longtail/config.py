@@ -314,10 +314,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# Keys that cannot change a run's results: where the run folder and the embedding cache are, and
+# Keys that cannot change a run's results: the run's name and the recipe it started from (the
+# resolved settings are what count), where the run folder and the embedding cache are, and
 # display / thread / checkpoint-cadence settings (a resumed run is bit-identical to an uninterrupted one).
 RESULT_NEUTRAL_KEYS = frozenset({
-    "name", "output_dir", "data.cache_dir", "engine.progress", "engine.tensorboard", "engine.cpu_threads",
+    "name", "method", "output_dir", "data.cache_dir", "engine.progress", "engine.tensorboard", "engine.cpu_threads",
     "engine.checkpoint_every",
 })
 
