@@ -10,12 +10,12 @@ import torch
 
 import longtail.engine.runner as runner
 from longtail.config import ScheduleConfig, StageConfig, load_config
-from longtail.data.augmentations import AUGMENTATIONS, Augmentation, file_transforms
+from longtail.data.augmentations import AUGMENTATIONS, Augmentation, build_augment, file_transforms
 from longtail.data.files import train_transform
 from longtail.data.mixing import MIXING, MixedBatch, MixingScheme, check_mixing
 from longtail.engine.schedules import SCHEDULES, Schedule, epoch_factor, factor_table
 from longtail.engine.stacked import _schedule_key
-from longtail.engine.stages import _augment, _mixer, check_stage_specs
+from longtail.engine.stages import _mixer, check_stage_specs
 from longtail.errors import ConfigError
 from tests.conftest import config, tiny_dataset
 
@@ -43,7 +43,7 @@ def test_unknown_names_list_the_registered_ones():
     with pytest.raises(ConfigError, match=r"unknown mixing 'mixpu' \(did you mean 'mixup'\?\); valid: mixup, remix"):
         check_mixing({"name": "mixpu"})
     with pytest.raises(ConfigError, match=r"unknown augment 'crop' .*; valid: autoaugment, crop_flip, none, randaugment"):
-        _augment("crop", torch.device("cpu"))
+        build_augment("crop", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("schedule", [
@@ -141,13 +141,13 @@ def test_a_registered_mixing_scheme_is_checked_and_built_from_a_config(registrie
 def test_a_registered_augmentation_is_checked_and_built_from_a_config(registries):
     registries.augmentations.register("invert")(Invert)
     stage = load_config(None, ["stages.0.augment={name: invert, amount: 200}"]).stages[0]
-    out = _augment(stage.augment, torch.device("cpu"))(IMAGES)
+    out = build_augment(stage.augment, torch.device("cpu"))(IMAGES)
     assert torch.equal(out, (200 - IMAGES.int()).clamp(0, 255).to(torch.uint8))
-    assert torch.equal(_augment("invert", torch.device("cpu"))(IMAGES), 255 - IMAGES)
+    assert torch.equal(build_augment("invert", torch.device("cpu"))(IMAGES), 255 - IMAGES)
     with pytest.raises(ConfigError, match=r"unknown option 'amout' for augment 'invert' \(did you mean 'amount'\?\)"):
-        _augment({"name": "invert", "amout": 3}, torch.device("cpu"))
+        build_augment({"name": "invert", "amout": 3}, torch.device("cpu"))
     with pytest.raises(ConfigError, match="augment 'invert': amount must be in 0..255"):
-        _augment({"name": "invert", "amount": 300}, torch.device("cpu"))
+        build_augment({"name": "invert", "amount": 300}, torch.device("cpu"))
     with pytest.raises(ConfigError, match="augment 'invert' applies to in-memory images only"):
         file_transforms("invert")
     assert file_transforms("none") is None and file_transforms("crop_flip") == []

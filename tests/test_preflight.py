@@ -11,10 +11,10 @@ from longtail.config import RunConfig, StageConfig, load_config
 from longtail.data.files import FileSplit
 from longtail.data.gpu_augment import AutoAugment, RandAugment, random_crop_flip
 from longtail.data.mixing import check_mixing, mixup, remix
+from longtail.data.augmentations import build_augment
 from longtail.engine.stages import (
     SupervisedStage,
     TauNormStage,
-    _augment,
     _mixer,
     _set_tau_and_score,
 )
@@ -141,11 +141,11 @@ def _images():
 def test_augment_mapping_options_reach_the_policy_applied_before_crop_flip(spec, policy):
     images = _images()
     torch.manual_seed(0)
-    got = _augment(spec, torch.device("cpu"))(images)
+    got = build_augment(spec, torch.device("cpu"))(images)
     torch.manual_seed(0)
     expected = random_crop_flip(policy()(images))
     torch.manual_seed(0)
-    default = _augment(spec["name"], torch.device("cpu"))(images)  # the string form still works
+    default = build_augment(spec["name"], torch.device("cpu"))(images)  # the string form still works
     assert torch.equal(got, expected) and not torch.equal(got, default)
 
 
@@ -163,7 +163,7 @@ def test_augment_mapping_in_a_config(tmp_path):
 ])
 def test_augment_typos_are_config_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
-        _augment(spec, torch.device("cpu"))
+        build_augment(spec, torch.device("cpu"))
 
 
 def test_an_augment_typo_in_stage_two_fails_before_stage_one(tmp_path):

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from longtail.config import load_config, method_names
-from longtail.data.augmentations import AUGMENTATIONS
+from longtail.data.augmentations import AUGMENTATIONS, build_augment
 from longtail.data.mixing import MIXING, check_mixing
 from longtail.data.sampling import SAMPLERS, build_sampler
-from longtail.engine.stages import _augment, _mixer
+from longtail.engine.stages import _mixer
 from longtail.losses import LOSSES, build_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_single_block_recipe_loads_and_plans(method):
             ctx = SimpleNamespace(counts_tensor=lambda: torch.tensor(COUNTS))
             batch = _mixer(ctx, stage.mixing)(torch.randn(6, 3, 8, 8), targets)
             assert batch.lam.shape == (6,)
-        policy = _augment(stage.augment, torch.device("cpu"))
+        policy = build_augment(stage.augment, torch.device("cpu"))
         if policy is not None:
             images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
             assert policy(images).shape == images.shape

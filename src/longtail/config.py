@@ -30,15 +30,16 @@ from .scaling import apply_epoch_scale
 from .schedules import SCHEDULES
 
 
+def _refuse_change(*args, **kwargs):
+    raise dataclasses.FrozenInstanceError(
+        "a run's config is frozen once validated: keep what a stage decides in its state "
+        "(StageKind.state), or change a copy of the config (thaw(config)) before the run starts")
+
+
 class ReadOnlyDict(dict):
     """The mappings of a frozen config (options, loss, sampler, ...): any change raises."""
 
-    def _refuse(self, *args, **kwargs):
-        raise dataclasses.FrozenInstanceError(
-            "a run's config is frozen once validated: keep what a stage decides in its state "
-            "(StageKind.state), or change a copy of the config (thaw(config)) before the run starts")
-
-    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse_change
 
     def __deepcopy__(self, memo):
         return ReadOnlyDict(copy.deepcopy(dict(self), memo))
@@ -52,7 +53,7 @@ class Settings:
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self.__dict__.get("_frozen"):
-            ReadOnlyDict._refuse(None)
+            _refuse_change()
         super().__setattr__(name, value)
 
 

@@ -86,9 +86,11 @@ class CropFlip(Augmentation):
 
 
 class PolicyCropFlip(Augmentation):
-    """An augmentation policy module (options: its constructor's), then random crop + flip."""
+    """An augmentation policy module (options: its constructor's), then random crop + flip; on
+    images streamed from disk, torchvision's policy of the same name (``file_policy``)."""
 
     policy: type[nn.Module]
+    file_policy: type
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -100,23 +102,19 @@ class PolicyCropFlip(Augmentation):
         policy = cls.policy(**options).to(device)
         return lambda x: random_crop_flip(policy(x, generator), generator=generator)
 
+    @classmethod
+    def file_transforms(cls) -> list[Any]:
+        return [cls.file_policy()]
+
 
 @AUGMENTATIONS.register("randaugment")
 class RandAugmentCropFlip(PolicyCropFlip):
-    policy = RandAugment
-
-    @classmethod
-    def file_transforms(cls) -> list[Any]:
-        return [T.RandAugment()]
+    policy, file_policy = RandAugment, T.RandAugment
 
 
 @AUGMENTATIONS.register("autoaugment")
 class AutoAugmentCropFlip(PolicyCropFlip):
-    policy = AutoAugment
-
-    @classmethod
-    def file_transforms(cls) -> list[Any]:
-        return [T.AutoAugment()]
+    policy, file_policy = AutoAugment, T.AutoAugment
 
 
 def augment_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -250,7 +250,7 @@ class Run:
     Its public members are what :class:`StageLoop` (also for a stack) and ``longtail eval`` need:
     :meth:`build` (data and model, writing nothing), :meth:`evaluate`, :meth:`init_from`,
     :meth:`start_clock` / :meth:`elapsed_seconds`, :meth:`results`, and ``folder`` (a
-    :class:`RunFolder`: every write into the run folder)."""
+    :class:`RunFolder`: the folder's reads and every write into it)."""
 
     def __init__(self, config: RunConfig, command: str | None = None, fresh: bool = False,
                  dataset: LongTailedDataset | FileDataset | None = None):

@@ -201,22 +201,6 @@ def check_head_fits(ctx: RunContext, stage: StageConfig) -> None:
         )
 
 
-def _augment_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(name, options)`` of an augment given by name or as ``{name: ..., **options}``, validated
-    (``data.augmentations.AUGMENTATIONS``)."""
-    return augment_spec(spec)
-
-
-def _augment(spec: str | dict[str, Any], device: torch.device,
-             generator: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The GPU augmentation ``spec`` (``data.augmentations.AUGMENTATIONS``): ``none``, ``crop_flip``
-    (random crop of the padded image + horizontal flip), or ``randaugment`` / ``autoaugment``, by name
-    or as a mapping with the policy's options (:class:`RandAugment`: num_ops, magnitude,
-    num_magnitude_bins, interpolation; :class:`AutoAugment`: policy cifar10 | imagenet | svhn,
-    interpolation). Order: the policy is applied first, then random crop + flip; draws from ``generator``."""
-    return build_augment(spec, device, generator)
-
-
 def build_stage_loss(ctx: RunContext, spec: dict[str, Any]) -> nn.Module:
     """The stage's loss ``{name: ..., **options}`` on the run's device, given the training counts
     (and the current head, for losses such as IWB's that read the classifier weights), drawing
@@ -314,8 +298,8 @@ class SupervisedStage(StageKind):
         check_head_fits(ctx, stage)
         if not (stage.train == "head" and stage.features == "cached"):  # the stage augments its images
             try:
-                name, options = _augment_spec(stage.augment)
-                _augment(stage.augment, torch.device("cpu"))  # values too (e.g. magnitude, policy)
+                name, options = augment_spec(stage.augment)
+                build_augment(stage.augment, torch.device("cpu"))  # values too (e.g. magnitude, policy)
             except ConfigError as err:
                 raise ConfigError(f"stage {stage.name!r}: {err}") from None
             if isinstance(ctx.splits["train"][0], FileSplit):
@@ -350,7 +334,7 @@ class SupervisedStage(StageKind):
         epochs = stage_epochs(stage, len(labels))
         if isinstance(inputs, FileSplit):  # images streamed from disk
             source = LoaderSource(
-                inputs, strategy, stage.batch_size, epochs, runtime, _augment_spec(stage.augment)[0],
+                inputs, strategy, stage.batch_size, epochs, runtime, augment_spec(stage.augment)[0],
                 ctx.dataset.mean, ctx.dataset.std, generator=ctx.rng.cpu,
             )
         else:
@@ -361,7 +345,7 @@ class SupervisedStage(StageKind):
                 strategy,
                 stage.batch_size,
                 epochs,
-                augment=None if cached else _augment(stage.augment, runtime.device, ctx.rng.torch),
+                augment=None if cached else build_augment(stage.augment, runtime.device, ctx.rng.torch),
                 mean=ctx.dataset.mean,
                 std=ctx.dataset.std,
                 channels_last=runtime.channels_last,

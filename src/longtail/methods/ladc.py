@@ -104,8 +104,8 @@ from typing import Any
 import torch
 
 from ..config import StageConfig
-from ..engine.stages import STAGE_KINDS, RunContext, StageKind, build_stage_loss, make_head, make_plan
-from ..engine.sources import epochs_for_iterations
+from ..engine.stages import (STAGE_KINDS, RunContext, StageKind, build_stage_loss, make_head, make_plan,
+                             stage_epochs)
 from ..engine.trainer import StagePlan, Trainer
 from ..errors import ConfigError
 from ..features.calibration import (
@@ -493,9 +493,9 @@ class LADCStage(StageKind):
         features = ctx.features("train")
         labels = ctx.splits["train"][1]
         sampler = LADCSampler(features, labels, ctx.dataset.num_classes, opts, ctx.rng.torch)
-        source = CalibratedFeatureSource(sampler, stage.batch_size, opts.samples_per_epoch or int(labels.shape[0]))
-        # an iteration-based stage: whole epochs of draws, the last one cut short
-        epochs = epochs_for_iterations(stage.iterations, source.steps_per_epoch) if stage.iterations else stage.epochs
+        samples = opts.samples_per_epoch or int(labels.shape[0])
+        source = CalibratedFeatureSource(sampler, stage.batch_size, samples)
+        epochs = stage_epochs(stage, samples)  # iteration-based: whole epochs of draws, the last one cut short
         loss_fn = build_stage_loss(ctx, stage.loss)
         head = model.head
         uses_features = getattr(loss_fn, "uses_features", False)
